@@ -1,0 +1,267 @@
+//! The transport: "a connected card", whatever carries the bytes.
+//!
+//! Backends (PC/SC in [`pcsc`], serial readers, in-process emulators) implement only
+//! [`CardTransport`] and [`RawTransaction`]. The T=0 rules are applied once, above
+//! the trait, by [`Transaction::transmit`]: `61xx` is answered with GET RESPONSE until
+//! the card says `9000`, and `6Cxx` re-sends the command with the right Le.
+
+pub mod pcsc;
+
+use crate::apdu::{ApduError, CommandApdu, ResponseApdu};
+use crate::status::StatusWord;
+use std::time::Duration;
+
+/// Transport failures: the reader, the link or the card went wrong, not the command.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum TransportError {
+    /// pcscd (or the serial line) is not there.
+    #[error("smart-card service unavailable: {0}")]
+    ServiceUnavailable(String),
+    #[error("no such reader: {0}")]
+    NoReader(String),
+    #[error("no card in the reader")]
+    NoCard,
+    /// The card left the reader (or was reset) during the operation: whatever was in
+    /// flight may or may not have happened on the card.
+    #[error("card removed or reset during the operation")]
+    CardRemoved,
+    /// The card did not answer (mute card, timeout).
+    #[error("card did not answer: {0}")]
+    Timeout(String),
+    #[error("reader is in use by another program")]
+    Busy,
+    #[error("malformed APDU: {0}")]
+    Apdu(#[from] ApduError),
+    /// The card answered `61xx` / `6Cxx` in a loop or with inconsistent lengths.
+    #[error("protocol error: {0}")]
+    Protocol(String),
+    #[error("PC/SC error: {0}")]
+    Pcsc(#[source] ::pcsc::Error),
+    #[error("I/O error: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+impl TransportError {
+    /// True where the operation in flight may have reached the card and its outcome is
+    /// unknown (card pulled, reset, link lost).
+    pub fn outcome_unknown(&self) -> bool {
+        matches!(
+            self,
+            TransportError::CardRemoved | TransportError::Timeout(_) | TransportError::Io(_)
+        )
+    }
+}
+
+/// Card presence and protocol as the reader reports them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CardStatus {
+    pub present: bool,
+    pub atr: Vec<u8>,
+    pub protocol: Option<Protocol>,
+}
+
+/// Transmission protocol (ISO 7816-3).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum Protocol {
+    T0,
+    T1,
+}
+
+/// What the reader can do.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Capabilities {
+    /// The reader has its own PIN pad.
+    pub pin_pad: bool,
+    /// Extended-length APDUs go through.
+    pub extended_length: bool,
+    /// Largest command the reader carries.
+    pub max_command: usize,
+}
+
+/// Exclusive access to a card for several APDUs. Ends (releases the card) on drop.
+pub trait RawTransaction {
+    /// Send one command APDU's bytes and return the response APDU's bytes, as is.
+    fn transmit_raw(&mut self, command: &[u8]) -> Result<Vec<u8>, TransportError>;
+}
+
+/// A connected card.
+pub trait CardTransport: Send {
+    /// A human name of the reader (slot) the card sits in.
+    fn reader_name(&self) -> String;
+    /// Begin a transaction: exclusive access until the returned value is dropped.
+    fn begin(&mut self) -> Result<Box<dyn RawTransaction + '_>, TransportError>;
+    /// Current presence, ATR and protocol.
+    fn status(&mut self) -> Result<CardStatus, TransportError>;
+    /// Warm-reset the card (or reconnect after it was removed and inserted again),
+    /// returning the new ATR. Card state (selected file, PIN verified) is lost.
+    fn reset(&mut self) -> Result<Vec<u8>, TransportError>;
+    /// What the reader can do.
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            pin_pad: false,
+            extended_length: false,
+            max_command: 261,
+        }
+    }
+}
+
+/// Upper bound of GET RESPONSE rounds and Le resends, so a broken card cannot loop us.
+const MAX_CHAIN: usize = 64;
+
+/// A transaction with the T=0 rules applied: what the card application speaks to.
+pub struct Transaction<'a> {
+    raw: Box<dyn RawTransaction + 'a>,
+}
+
+impl<'a> Transaction<'a> {
+    /// Begin a transaction on a card.
+    pub fn begin(card: &'a mut dyn CardTransport) -> Result<Self, TransportError> {
+        Ok(Transaction { raw: card.begin()? })
+    }
+
+    /// Wrap an already-open raw transaction.
+    pub fn from_raw(raw: Box<dyn RawTransaction + 'a>) -> Self {
+        Transaction { raw }
+    }
+
+    fn exchange(&mut self, cmd: &CommandApdu) -> Result<ResponseApdu, TransportError> {
+        tracing::trace!(">>> {:?}", cmd);
+        let bytes = self.raw.transmit_raw(&cmd.to_bytes())?;
+        let resp = ResponseApdu::parse(&bytes)?;
+        tracing::trace!("<<< {:?}", resp);
+        Ok(resp)
+    }
+
+    /// Send a command; `61xx` is chained with GET RESPONSE, `6Cxx` re-sent with the
+    /// right Le. The status word returned is never `61xx` or `6Cxx`.
+    pub fn transmit(&mut self, cmd: &CommandApdu) -> Result<ResponseApdu, TransportError> {
+        let mut resp = self.exchange(cmd)?;
+        let mut rounds = 0;
+        if let StatusWord::WrongLe(le) = resp.sw {
+            let fixed = cmd
+                .clone()
+                .with_le(if le == 0 { 256 } else { le as usize })?;
+            resp = self.exchange(&fixed)?;
+            if let StatusWord::WrongLe(_) = resp.sw {
+                return Err(TransportError::Protocol("card answered 6Cxx twice".into()));
+            }
+        }
+        let mut data = std::mem::take(&mut resp.data);
+        while let StatusWord::MoreData(n) = resp.sw {
+            rounds += 1;
+            if rounds > MAX_CHAIN {
+                return Err(TransportError::Protocol(
+                    "GET RESPONSE chain does not end".into(),
+                ));
+            }
+            let get = CommandApdu::new(cmd.cla & 0x03, 0xC0, 0, 0).with_le(if n == 0 {
+                256
+            } else {
+                n as usize
+            })?;
+            resp = self.exchange(&get)?;
+            if let StatusWord::WrongLe(le) = resp.sw {
+                let get = CommandApdu::new(cmd.cla & 0x03, 0xC0, 0, 0).with_le(if le == 0 {
+                    256
+                } else {
+                    le as usize
+                })?;
+                resp = self.exchange(&get)?;
+            }
+            data.append(&mut resp.data);
+        }
+        resp.data = data;
+        Ok(resp)
+    }
+
+    /// Send and require `9000`; other status words come back as `Err(Ok(sw))`-style
+    /// [`CommandError::Status`].
+    pub fn transmit_ok(&mut self, cmd: &CommandApdu) -> Result<Vec<u8>, CommandError> {
+        let r = self.transmit(cmd)?;
+        r.into_result().map_err(CommandError::Status)
+    }
+}
+
+/// A command failed either in transport or with a status word.
+#[derive(Debug, thiserror::Error)]
+pub enum CommandError {
+    #[error(transparent)]
+    Transport(#[from] TransportError),
+    #[error("card answered {0}")]
+    Status(StatusWord),
+}
+
+/// Wait for a card with a timeout, shared by backends that poll.
+pub fn poll_interval() -> Duration {
+    Duration::from_millis(50)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::VecDeque;
+
+    /// In-process fake for unit tests only: answers from a script and records commands.
+    struct Script {
+        answers: VecDeque<Vec<u8>>,
+        sent: Vec<Vec<u8>>,
+    }
+    impl RawTransaction for &mut Script {
+        fn transmit_raw(&mut self, command: &[u8]) -> Result<Vec<u8>, TransportError> {
+            self.sent.push(command.to_vec());
+            self.answers
+                .pop_front()
+                .ok_or_else(|| TransportError::Timeout("script exhausted".into()))
+        }
+    }
+    fn h(s: &str) -> Vec<u8> {
+        hex::decode(s.replace(' ', "")).unwrap()
+    }
+
+    #[test]
+    fn get_response_chain() {
+        let mut s = Script {
+            answers: [h("6110"), h("0102 6102"), h("0304 9000")].into(),
+            sent: vec![],
+        };
+        let mut tx = Transaction::from_raw(Box::new(&mut s));
+        let cmd = CommandApdu::new(0, 0x88, 0, 2)
+            .with_data(vec![1; 8])
+            .unwrap();
+        let r = tx.transmit(&cmd).unwrap();
+        assert_eq!(r.data, h("01020304"));
+        assert!(r.sw.is_ok());
+        drop(tx);
+        assert_eq!(s.sent[1], h("00C0000010"));
+        assert_eq!(s.sent[2], h("00C0000002"));
+    }
+
+    #[test]
+    fn wrong_le_is_resent() {
+        let mut s = Script {
+            answers: [h("6C05"), h("0102030405 9000")].into(),
+            sent: vec![],
+        };
+        let mut tx = Transaction::from_raw(Box::new(&mut s));
+        let cmd = CommandApdu::new(0, 0xB2, 7, 0).with_le(20).unwrap();
+        let r = tx.transmit(&cmd).unwrap();
+        assert_eq!(r.data.len(), 5);
+        drop(tx);
+        assert_eq!(s.sent[1], h("00B2070005"));
+    }
+
+    #[test]
+    fn endless_chain_is_an_error() {
+        let mut s = Script {
+            answers: std::iter::repeat_n(h("6101"), 100).collect(),
+            sent: vec![],
+        };
+        let mut tx = Transaction::from_raw(Box::new(&mut s));
+        let cmd = CommandApdu::new(0, 0x84, 0, 0).with_le(8).unwrap();
+        assert!(matches!(
+            tx.transmit(&cmd),
+            Err(TransportError::Protocol(_))
+        ));
+    }
+}
