@@ -17,6 +17,7 @@ pub mod atr;
 pub mod crypto;
 pub mod keys;
 pub mod status;
+pub mod testkeys;
 pub mod tlv;
 pub mod transport;
 pub mod types;
