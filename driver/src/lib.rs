@@ -13,8 +13,10 @@
 #![forbid(unsafe_code)]
 
 pub mod apdu;
+pub mod app;
 pub mod atr;
 pub mod crypto;
+pub mod keyprovider;
 pub mod keys;
 pub mod status;
 pub mod testkeys;

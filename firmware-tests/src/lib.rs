@@ -31,3 +31,9 @@ pub trait VirtualCard: Send {
     /// One command APDU's bytes in, one reply out.
     fn process(&mut self, command: &[u8]) -> Reply;
 }
+
+pub mod card;
+pub mod conformance;
+pub mod sim;
+pub mod testbed;
+pub mod vpcd;

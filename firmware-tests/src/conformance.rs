@@ -1,0 +1,1 @@
+//! Conformance suite for the card profile, over any transport. (in progress)

@@ -1,0 +1,1 @@
+//! In-process reader holding a virtual card. (in progress)

@@ -1,0 +1,1 @@
+//! Test fixtures: private pcscd, vcard processes, cleaned up on drop. (in progress)

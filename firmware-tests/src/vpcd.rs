@@ -1,0 +1,1 @@
+//! The vpcd bridge: plugs a virtual card into pcscd. (in progress)
