@@ -1,1 +1,51 @@
-fn main() {}
+//! `sscard`: the technician's and issuing office's command line.
+//!
+//! Thin by design: parsing flags, calling the libraries, printing. Exit codes are
+//! documented in `docs/cli.md` and in [`exit`].
+#![forbid(unsafe_code)]
+
+mod cmd;
+mod exit;
+mod print;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "sscard",
+    version,
+    about = "Social-security card tool: readers, cards, audit, issuance"
+)]
+struct Cli {
+    /// Print JSON instead of text.
+    #[arg(long, global = true)]
+    json: bool,
+    /// Log level for diagnostics on stderr (error, warn, info, debug, trace; trace shows
+    /// APDUs with PINs and keys redacted).
+    #[arg(long, global = true, default_value = "warn")]
+    log: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Explain a status word (SW1-SW2), e.g. `sscard sw 63C2`.
+    Sw(cmd::sw::Args),
+}
+
+fn main() {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(tracing_subscriber::EnvFilter::new(&cli.log))
+        .init();
+    let out = print::Printer::new(cli.json);
+    let result = match cli.command {
+        Command::Sw(a) => cmd::sw::run(a, &out),
+    };
+    if let Err(e) = result {
+        out.error(&e);
+        std::process::exit(e.code());
+    }
+}

@@ -34,6 +34,8 @@ pub trait VirtualCard: Send {
 
 pub mod card;
 pub mod conformance;
+pub mod persist;
+pub mod psam;
 pub mod sim;
 pub mod testbed;
 pub mod vpcd;
