@@ -35,6 +35,7 @@ pub trait VirtualCard: Send {
 pub mod card;
 pub mod conformance;
 pub mod persist;
+pub mod perso;
 pub mod psam;
 pub mod sim;
 pub mod testbed;
