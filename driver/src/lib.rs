@@ -18,6 +18,7 @@ pub mod atr;
 pub mod crypto;
 pub mod keyprovider;
 pub mod keys;
+pub mod personalize;
 pub mod status;
 pub mod testkeys;
 pub mod tlv;

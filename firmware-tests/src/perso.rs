@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 use sscard_driver::apdu::CommandApdu;
 use sscard_driver::crypto;
 use sscard_driver::keys::{CardKeys, Key16, KeyPurpose};
+pub use sscard_driver::personalize::pin_block;
 use sscard_driver::status::StatusWord;
 use sscard_driver::types::{CardId, Region};
 use std::collections::BTreeMap;
@@ -472,25 +473,6 @@ impl Chip {
     }
 }
 
-/// The PIN block of SET PIN: `digits count (1) ‖ packed BCD ‖ F…F`, 16 bytes.
-pub fn pin_block(pin: &str) -> Option<zeroize::Zeroizing<[u8; 16]>> {
-    if !(4..=12).contains(&pin.len()) || !pin.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
-    }
-    let mut b = zeroize::Zeroizing::new([0xFFu8; 16]);
-    b[0] = pin.len() as u8;
-    for (i, d) in pin.bytes().enumerate() {
-        let v = d - b'0';
-        let byte = &mut b[1 + i / 2];
-        *byte = if i % 2 == 0 {
-            (v << 4) | 0x0F
-        } else {
-            (*byte & 0xF0) | v
-        };
-    }
-    Some(b)
-}
-
 fn decode_pin_block(b: &[u8; 16]) -> Option<zeroize::Zeroizing<String>> {
     let n = b[0] as usize;
     if !(4..=12).contains(&n) {
@@ -548,8 +530,12 @@ impl VirtualCard for Chip {
             if perso {
                 return Reply::Answer(StatusWord::ConditionsNotSatisfied.to_bytes().to_vec());
             }
-            if (c.cla, c.ins, c.p1, c.p2) == (0x80, 0xCA, 0x00, 0x02) {
-                let mut v = self.status_bytes();
+            if (c.cla, c.ins, c.p1) == (0x80, 0xCA, 0x00) && matches!(c.p2, 0x01 | 0x02) {
+                let mut v = if c.p2 == 0x01 {
+                    self.serial.to_vec()
+                } else {
+                    self.status_bytes()
+                };
                 v.extend_from_slice(&StatusWord::Ok.to_bytes());
                 return Reply::Answer(v);
             }
