@@ -1,1 +1,195 @@
-//! Test fixtures: private pcscd, vcard processes, cleaned up on drop. (in progress)
+//! Test fixtures for end-to-end tests through the real pcscd: a lease on one of the
+//! private pcscd's vpcd reader slots, and `sscard-vcard` processes plugged into it, each
+//! cleaned up on drop.
+//!
+//! Tests run inside `scripts/with-pcscd` (what `scripts/test` does): a private pcscd in
+//! a mount namespace with `SSCARD_VPCD_SLOTS` vpcd slots on ports from
+//! `SSCARD_VPCD_BASE_PORT`. Each test leases a free slot through a file lock, so tests
+//! in parallel (threads or processes) never share a reader.
+
+use sscard_driver::transport::pcsc::{PcscCard, PcscContext, ShareMode};
+use std::fs::File;
+use std::os::fd::AsRawFd;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Why the test bed is not usable.
+pub fn require_private_pcscd() -> (PathBuf, u16, usize) {
+    let fail = || -> ! {
+        panic!(
+            "this test needs the private pcscd of the test bed: run it under scripts/with-pcscd \
+             (scripts/test does), e.g. `scripts/with-pcscd cargo test`"
+        )
+    };
+    if std::env::var("SSCARD_PCSCD").as_deref() != Ok("private") {
+        fail()
+    }
+    let dir = std::env::var("SSCARD_PCSCD_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| fail());
+    let base = std::env::var("SSCARD_VPCD_BASE_PORT")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| fail());
+    let n = std::env::var("SSCARD_VPCD_SLOTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| fail());
+    (dir, base, n)
+}
+
+/// Exclusive use of one vpcd slot for as long as it lives.
+pub struct SlotLease {
+    _lock: File,
+    pub index: usize,
+    pub port: u16,
+    pub reader: String,
+}
+
+fn try_lock(f: &File) -> bool {
+    // SAFETY: flock on a descriptor we own; the lock is released when `f` closes.
+    unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) == 0 }
+}
+
+impl SlotLease {
+    /// Lease a free slot, waiting up to two minutes for one.
+    pub fn acquire() -> SlotLease {
+        let (dir, base, n) = require_private_pcscd();
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            for i in 0..n {
+                let f = File::options()
+                    .create(true)
+                    .truncate(false)
+                    .write(true)
+                    .open(dir.join(format!("slot-{i}.lock")))
+                    .expect("slot lock file");
+                if try_lock(&f) {
+                    return SlotLease {
+                        _lock: f,
+                        index: i,
+                        port: base + i as u16,
+                        reader: reader_name(i),
+                    };
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no free vpcd slot for two minutes"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+/// The name pcscd gives slot `i` of the test bed's reader.conf.
+pub fn reader_name(i: usize) -> String {
+    format!("sscard {} 00 {:02}", i / 2, i % 2)
+}
+
+/// Where the workspace's binaries are (`target/<profile>/`), from the test binary's path.
+pub fn bin_path(name: &str) -> PathBuf {
+    if let Ok(p) = std::env::var(format!(
+        "SSCARD_BIN_{}",
+        name.replace('-', "_").to_uppercase()
+    )) {
+        return PathBuf::from(p);
+    }
+    let exe = std::env::current_exe().expect("current exe");
+    let mut dir = exe.parent().expect("exe dir").to_path_buf();
+    if dir.ends_with("deps") {
+        dir.pop();
+    }
+    let p = dir.join(name);
+    assert!(
+        p.exists(),
+        "{} not built (cargo build --workspace builds it)",
+        p.display()
+    );
+    p
+}
+
+/// An `sscard-vcard` process serving a card in a leased slot; killed on drop.
+pub struct Vcard {
+    child: Option<Child>,
+    pub lease: SlotLease,
+}
+
+impl Vcard {
+    /// Start `sscard-vcard` in a fresh slot with extra `args`, and wait until pcscd sees
+    /// the card.
+    pub fn start(args: &[&str]) -> Vcard {
+        let lease = SlotLease::acquire();
+        Self::start_in(lease, args)
+    }
+
+    /// Start in a given slot.
+    pub fn start_in(lease: SlotLease, args: &[&str]) -> Vcard {
+        let ctx = PcscContext::establish().expect("private pcscd");
+        wait_present(&ctx, &lease.reader, false, Duration::from_secs(10));
+        let child = Command::new(bin_path("sscard-vcard"))
+            .arg("--port")
+            .arg(lease.port.to_string())
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn sscard-vcard");
+        let v = Vcard {
+            child: Some(child),
+            lease,
+        };
+        wait_present(&ctx, &v.lease.reader, true, Duration::from_secs(10));
+        v
+    }
+
+    pub fn reader(&self) -> &str {
+        &self.lease.reader
+    }
+
+    /// Connect to the card (shared, any protocol).
+    pub fn connect(&self) -> PcscCard {
+        let ctx = PcscContext::establish().expect("private pcscd");
+        ctx.connect(&self.lease.reader, ShareMode::Shared, None)
+            .expect("connect to the virtual card")
+    }
+
+    /// Stop the card program: the card leaves the reader.
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+            if let Ok(ctx) = PcscContext::establish() {
+                wait_present(&ctx, &self.lease.reader, false, Duration::from_secs(10));
+            }
+        }
+    }
+}
+
+impl Drop for Vcard {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Wait until the reader reports a card present (or absent).
+pub fn wait_present(ctx: &PcscContext, reader: &str, present: bool, timeout: Duration) {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let now = ctx
+            .reader_states()
+            .ok()
+            .and_then(|v| v.into_iter().find(|r| r.name == reader))
+            .map(|r| r.card_present);
+        if now == Some(present) || (!present && now.is_none()) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "reader {reader:?} did not become {} (state {now:?})",
+            if present { "present" } else { "empty" }
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}

@@ -31,6 +31,9 @@ pub enum TransportError {
     Timeout(String),
     #[error("reader is in use by another program")]
     Busy,
+    /// The reader returned no status word (a card that lost power or left mid-command).
+    #[error("no response from the card")]
+    NoResponse,
     #[error("malformed APDU: {0}")]
     Apdu(#[from] ApduError),
     /// The card answered `61xx` / `6Cxx` in a loop or with inconsistent lengths.
@@ -48,7 +51,10 @@ impl TransportError {
     pub fn outcome_unknown(&self) -> bool {
         matches!(
             self,
-            TransportError::CardRemoved | TransportError::Timeout(_) | TransportError::Io(_)
+            TransportError::CardRemoved
+                | TransportError::Timeout(_)
+                | TransportError::Io(_)
+                | TransportError::NoResponse
         )
     }
 }
@@ -128,7 +134,8 @@ impl<'a> Transaction<'a> {
     fn exchange(&mut self, cmd: &CommandApdu) -> Result<ResponseApdu, TransportError> {
         tracing::trace!(">>> {:?}", cmd);
         let bytes = self.raw.transmit_raw(&cmd.to_bytes())?;
-        let resp = ResponseApdu::parse(&bytes)?;
+        // fewer than two bytes: the command may or may not have run on the card
+        let resp = ResponseApdu::parse(&bytes).map_err(|_| TransportError::NoResponse)?;
         tracing::trace!("<<< {:?}", resp);
         Ok(resp)
     }

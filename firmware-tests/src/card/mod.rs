@@ -140,6 +140,20 @@ impl EmulatedCard {
         Self::from_image(image, Some(path.to_path_buf()), knobs)
     }
 
+    /// The card of a chip personalized earlier: its image if it exists, else a new
+    /// card from the personalization data, saved there.
+    pub fn open_or_issue(path: &Path, knobs: Knobs, data: IssuedData) -> Result<Self, ImageError> {
+        match CardImage::load(path) {
+            Ok(i) => Self::from_image(i, Some(path.to_path_buf()), knobs),
+            Err(ImageError::Missing(_)) => {
+                let mut c = Self::from_issued(data, knobs)?;
+                c.attach_image(path)?;
+                Ok(c)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
     /// Save the image to `path` now and on every later change.
     pub fn attach_image(&mut self, path: &Path) -> Result<(), ImageError> {
         self.image.save(path)?;
