@@ -43,3 +43,33 @@ impl fmt::Display for CliError {
         f.write_str(&self.message)
     }
 }
+
+impl From<sscard_driver::TransportError> for CliError {
+    fn from(e: sscard_driver::TransportError) -> Self {
+        use sscard_driver::TransportError as T;
+        let code = match &e {
+            T::ServiceUnavailable(_) | T::NoReader(_) | T::NoCard | T::CardRemoved => 3,
+            _ => 1,
+        };
+        let msg = match &e {
+            T::ServiceUnavailable(_) => format!("{e} (is pcscd running?)"),
+            _ => e.to_string(),
+        };
+        CliError::new(code, msg)
+    }
+}
+
+impl From<sscard_driver::app::AppError> for CliError {
+    fn from(e: sscard_driver::app::AppError) -> Self {
+        use sscard_driver::app::AppError as A;
+        match e {
+            A::Transport(t) => t.into(),
+            A::PinWrong { .. }
+            | A::PinBlocked
+            | A::AuthFailed
+            | A::NotGenuine
+            | A::MacMismatch(_) => CliError::new(4, e.to_string()),
+            other => CliError::failed(other.to_string()),
+        }
+    }
+}

@@ -30,6 +30,12 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// List PC/SC readers, with card presence and ATR.
+    Readers(cmd::readers::Args),
+    /// Explain an ATR (of the card in a reader, or given in hex).
+    Atr(cmd::atr::Args),
+    /// Read the card's records (card, holder, insurance).
+    Read(cmd::read::Args),
     /// Explain a status word (SW1-SW2), e.g. `sscard sw 63C2`.
     Sw(cmd::sw::Args),
 }
@@ -42,6 +48,9 @@ fn main() {
         .init();
     let out = print::Printer::new(cli.json);
     let result = match cli.command {
+        Command::Readers(a) => cmd::readers::run(a, &out),
+        Command::Atr(a) => cmd::atr::run(a, &out),
+        Command::Read(a) => cmd::read::run(a, &out),
         Command::Sw(a) => cmd::sw::run(a, &out),
     };
     if let Err(e) = result {

@@ -1,0 +1,56 @@
+//! Errors of the card application, with variants a caller can act on.
+
+use crate::status::StatusWord;
+use crate::transport::{CommandError, TransportError};
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum AppError {
+    /// The reader or the link failed; see [`TransportError::outcome_unknown`].
+    #[error(transparent)]
+    Transport(#[from] TransportError),
+    /// Not a card of this profile, or not ISSUED.
+    #[error("card not supported: {0}")]
+    NotSupported(String),
+    #[error("application blocked")]
+    Blocked,
+    #[error("wrong PIN, {tries_left} tries left")]
+    PinWrong { tries_left: u8 },
+    #[error("PIN blocked")]
+    PinBlocked,
+    #[error("security status not satisfied (PIN not verified?)")]
+    SecurityNotSatisfied,
+    #[error("authentication failed")]
+    AuthFailed,
+    #[error("card is not genuine: internal authentication failed")]
+    NotGenuine,
+    #[error("MAC mismatch: {0}")]
+    MacMismatch(&'static str),
+    #[error("insufficient funds")]
+    InsufficientFunds,
+    /// A record the card returned is malformed.
+    #[error("EF{ef:04X} record {tag:02X}: {reason}")]
+    BadRecord { ef: u16, tag: u8, reason: String },
+    /// The debit was sent but its answer never came: recovery decides.
+    #[error("outcome unknown after {step}: {source}")]
+    Uncertain {
+        step: &'static str,
+        #[source]
+        source: TransportError,
+    },
+    #[error("key not available: {0}")]
+    KeyUnavailable(&'static str),
+    #[error("bad input: {0}")]
+    BadInput(String),
+    #[error("card answered {0}")]
+    Card(StatusWord),
+}
+
+impl From<CommandError> for AppError {
+    fn from(e: CommandError) -> Self {
+        match e {
+            CommandError::Transport(t) => AppError::Transport(t),
+            CommandError::Status(sw) => AppError::Card(sw),
+        }
+    }
+}

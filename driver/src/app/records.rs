@@ -1,0 +1,195 @@
+//! EF05 (card), EF06 (holder) and EF15 (insurance) read into one typed record
+//! (card profile §3).
+
+use super::{apdu, select_application, select_ef, AppError};
+use crate::status::StatusWord;
+use crate::tlv::SimpleTlv;
+use crate::transport::Transaction;
+use crate::types::{is_bcd, CardId, Region};
+use chrono::NaiveDate;
+use serde::Serialize;
+
+/// The card's data as the terminal reads it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct CardRecord {
+    #[serde(serialize_with = "ser_card_id")]
+    pub card_id: CardId,
+    pub card_type: String,
+    pub spec_version: String,
+    pub issue_date: NaiveDate,
+    pub expiry_date: NaiveDate,
+    pub card_number: String,
+    pub ssn: String,
+    pub name: String,
+    pub gender: String,
+    pub nation: String,
+    pub birthplace: String,
+    pub birth_date: NaiveDate,
+    pub insured_category: String,
+    pub pooling_region: String,
+    pub insured_status: String,
+    pub blocked: bool,
+}
+
+fn ser_card_id<S: serde::Serializer>(id: &CardId, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&id.to_hex())
+}
+
+/// Read one record by identifier (`00 B2 <tag> 00 00`, whole record) and check it.
+fn read(tx: &mut Transaction<'_>, ef: u16, tag: u8, len: usize) -> Result<Vec<u8>, AppError> {
+    let bad = |reason: String| AppError::BadRecord { ef, tag, reason };
+    let r = tx.transmit(&apdu(0x00, 0xB2, tag, 0x00, &[], 256)?)?;
+    match r.sw {
+        StatusWord::Ok => {}
+        StatusWord::RecordNotFound => return Err(bad("record not found".into())),
+        sw => return Err(AppError::Card(sw)),
+    }
+    let t = SimpleTlv::parse_exact(&r.data).map_err(|e| bad(e.to_string()))?;
+    if t.tag != tag {
+        return Err(bad(format!("tag {:02X} in its place", t.tag)));
+    }
+    if t.value.len() != len {
+        return Err(bad(format!(
+            "{} bytes, the profile says {len}",
+            t.value.len()
+        )));
+    }
+    Ok(t.value)
+}
+
+fn ascii(ef: u16, tag: u8, v: Vec<u8>) -> Result<String, AppError> {
+    if !v.iter().all(|b| b.is_ascii_graphic()) {
+        return Err(AppError::BadRecord {
+            ef,
+            tag,
+            reason: "not printable ASCII".into(),
+        });
+    }
+    Ok(String::from_utf8_lossy(&v).into_owned())
+}
+
+fn bcd(ef: u16, tag: u8, v: &[u8]) -> Result<String, AppError> {
+    if !is_bcd(v) {
+        return Err(AppError::BadRecord {
+            ef,
+            tag,
+            reason: format!("{} is not BCD", hex::encode_upper(v)),
+        });
+    }
+    Ok(hex::encode(v))
+}
+
+/// A BCD date `YYYYMMDD` (card profile §1).
+pub fn bcd_date(ef: u16, tag: u8, v: &[u8]) -> Result<NaiveDate, AppError> {
+    let s = bcd(ef, tag, v)?;
+    NaiveDate::parse_from_str(&s, "%Y%m%d").map_err(|_| AppError::BadRecord {
+        ef,
+        tag,
+        reason: format!("{s} is not a date"),
+    })
+}
+
+/// A GBK name, right-padded with 00, 20 or FF (card profile §1).
+pub fn gbk_name(ef: u16, tag: u8, v: &[u8]) -> Result<String, AppError> {
+    let end = v
+        .iter()
+        .rposition(|b| !matches!(b, 0x00 | 0x20 | 0xFF))
+        .map_or(0, |i| i + 1);
+    let (s, _, bad) = encoding_rs::GBK.decode(&v[..end]);
+    if bad {
+        return Err(AppError::BadRecord {
+            ef,
+            tag,
+            reason: "name is not valid GBK".into(),
+        });
+    }
+    Ok(s.into_owned())
+}
+
+/// Select the application and read EF05, EF06 and EF15 (card profile §3). A blocked
+/// application still identifies itself (EF05, EF06); its EF15 is then unreadable and
+/// reported as empty fields.
+pub fn read_card(tx: &mut Transaction<'_>) -> Result<CardRecord, AppError> {
+    let sel = select_application(tx)?;
+    select_ef(tx, 0xEF05)?;
+    let id_bytes = read(tx, 0xEF05, 0x01, 16)?;
+    let card_id = CardId::from_bytes(&id_bytes).map_err(|e| AppError::BadRecord {
+        ef: 0xEF05,
+        tag: 0x01,
+        reason: e.to_string(),
+    })?;
+    let card_type = ascii(0xEF05, 0x02, read(tx, 0xEF05, 0x02, 1)?)?;
+    let spec_version = ascii(0xEF05, 0x03, read(tx, 0xEF05, 0x03, 4)?)?;
+    let issue_date = bcd_date(0xEF05, 0x05, &read(tx, 0xEF05, 0x05, 4)?)?;
+    let expiry_date = bcd_date(0xEF05, 0x06, &read(tx, 0xEF05, 0x06, 4)?)?;
+    let card_number = ascii(0xEF05, 0x07, read(tx, 0xEF05, 0x07, 9)?)?;
+    select_ef(tx, 0xEF06)?;
+    let ssn = ascii(0xEF06, 0x08, read(tx, 0xEF06, 0x08, 18)?)?;
+    let name = gbk_name(0xEF06, 0x09, &read(tx, 0xEF06, 0x09, 30)?)?;
+    let gender = ascii(0xEF06, 0x0A, read(tx, 0xEF06, 0x0A, 1)?)?;
+    let nation = bcd(0xEF06, 0x0B, &read(tx, 0xEF06, 0x0B, 1)?)?;
+    let birthplace = bcd(0xEF06, 0x0C, &read(tx, 0xEF06, 0x0C, 3)?)?;
+    let birth_date = bcd_date(0xEF06, 0x0D, &read(tx, 0xEF06, 0x0D, 4)?)?;
+    let (insured_category, pooling_region, insured_status) = if sel.blocked {
+        (String::new(), String::new(), String::new())
+    } else {
+        select_ef(tx, 0xEF15)?;
+        (
+            bcd(0xEF15, 0x20, &read(tx, 0xEF15, 0x20, 1)?)?,
+            bcd(0xEF15, 0x21, &read(tx, 0xEF15, 0x21, 3)?)?,
+            bcd(0xEF15, 0x22, &read(tx, 0xEF15, 0x22, 1)?)?,
+        )
+    };
+    // the region codes must be valid regions
+    let _: Region = birthplace.parse().map_err(|_| AppError::BadRecord {
+        ef: 0xEF06,
+        tag: 0x0C,
+        reason: "not a region code".into(),
+    })?;
+    Ok(CardRecord {
+        card_id,
+        card_type,
+        spec_version,
+        issue_date,
+        expiry_date,
+        card_number,
+        ssn,
+        name,
+        gender,
+        nation,
+        birthplace,
+        birth_date,
+        insured_category,
+        pooling_region,
+        insured_status,
+        blocked: sel.blocked,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gbk_names_strip_padding() {
+        let (g, _, _) = encoding_rs::GBK.encode("张三");
+        for pad in [0x00u8, 0x20, 0xFF] {
+            let mut v = g.to_vec();
+            v.resize(30, pad);
+            assert_eq!(gbk_name(0xEF06, 9, &v).unwrap(), "张三");
+        }
+        // a lead byte with no trail byte is not GBK
+        assert!(gbk_name(0xEF06, 9, &[0x81]).is_err());
+    }
+
+    #[test]
+    fn dates_and_bcd_are_checked() {
+        assert_eq!(
+            bcd_date(0xEF05, 5, &[0x20, 0x26, 0x01, 0x31]).unwrap(),
+            NaiveDate::from_ymd_opt(2026, 1, 31).unwrap()
+        );
+        let e = bcd_date(0xEF05, 5, &[0x20, 0x26, 0x02, 0x31]).unwrap_err();
+        assert!(e.to_string().contains("EF05 record 05"), "{e}");
+        assert!(bcd(0xEF15, 0x21, &[0x65, 0x0A, 0x00]).is_err());
+    }
+}
