@@ -5,9 +5,19 @@
 //! inside one PC/SC transaction and nothing interleaves with it.
 
 mod error;
+mod pin;
+mod purse;
 mod records;
 
 pub use error::AppError;
+pub use pin::{
+    block_application, change_pin, external_authenticate, internal_authenticate, pin_tries_left,
+    reload_pin, unblock_application, update_record, verify_pin, Pin,
+};
+pub use purse::{
+    balance, bcd_datetime, initialize_purchase, load, recover_purchase, transaction_log, LoadProof,
+    LogRecord, PreparedPurchase, PurchaseProof, Recovery,
+};
 pub use records::{read_card, CardRecord};
 
 use crate::apdu::CommandApdu;

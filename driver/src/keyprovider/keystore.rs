@@ -1,0 +1,1 @@
+//! Encrypted keystore file (in progress).

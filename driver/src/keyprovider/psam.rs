@@ -1,0 +1,1 @@
+//! PSAM key provider (in progress).
