@@ -20,7 +20,8 @@ impl Pin {
         if !(4..=12).contains(&digits.len()) || !digits.bytes().all(|b| b.is_ascii_digit()) {
             return Err(AppError::BadInput("a PIN is 4 to 12 digits".into()));
         }
-        let mut nibbles: Zeroizing<Vec<u8>> = Zeroizing::new(digits.bytes().map(|b| b - b'0').collect());
+        let mut nibbles: Zeroizing<Vec<u8>> =
+            Zeroizing::new(digits.bytes().map(|b| b - b'0').collect());
         if nibbles.len() % 2 == 1 {
             nibbles.push(0x0F);
         }
@@ -44,7 +45,9 @@ impl fmt::Debug for Pin {
 /// Map the PIN status words (§5).
 fn pin_status(sw: StatusWord) -> AppError {
     match sw {
-        StatusWord::WrongPin { tries_left: 0 } | StatusWord::AuthMethodBlocked => AppError::PinBlocked,
+        StatusWord::WrongPin { tries_left: 0 } | StatusWord::AuthMethodBlocked => {
+            AppError::PinBlocked
+        }
         StatusWord::WrongPin { tries_left } => AppError::PinWrong { tries_left },
         StatusWord::ConditionsNotSatisfied | StatusWord::ApplicationBlocked => AppError::Blocked,
         sw => AppError::Card(sw),
@@ -85,7 +88,8 @@ pub fn change_pin(tx: &mut Transaction<'_>, old: &Pin, new: &Pin) -> Result<(), 
 
 fn challenge(tx: &mut Transaction<'_>) -> Result<[u8; 8], AppError> {
     let d = tx.transmit_ok(&apdu(0x00, 0x84, 0, 0, &[], 8)?)?;
-    d.try_into().map_err(|_| AppError::Card(StatusWord::WrongLength))
+    d.try_into()
+        .map_err(|_| AppError::Card(StatusWord::WrongLength))
 }
 
 /// Send a line-protected command (§5): GET CHALLENGE, MAC from the provider.
@@ -125,30 +129,86 @@ fn expect_ok(sw: StatusWord) -> Result<(), AppError> {
 }
 
 /// RELOAD PIN (issuing office): new PIN, counter back to 3; MAC with Kc[PIN].
-pub fn reload_pin(tx: &mut Transaction<'_>, keys: &mut dyn KeyProvider, card_id: &CardId, new: &Pin) -> Result<(), AppError> {
-    expect_ok(protected(tx, keys, card_id, KeyPurpose::Pin, [0x84, 0x5E, 0, 0], new.bcd(), true)?)
+pub fn reload_pin(
+    tx: &mut Transaction<'_>,
+    keys: &mut dyn KeyProvider,
+    card_id: &CardId,
+    new: &Pin,
+) -> Result<(), AppError> {
+    expect_ok(protected(
+        tx,
+        keys,
+        card_id,
+        KeyPurpose::Pin,
+        [0x84, 0x5E, 0, 0],
+        new.bcd(),
+        true,
+    )?)
 }
 
 /// APPLICATION BLOCK, MAC with Kc[MAINT].
-pub fn block_application(tx: &mut Transaction<'_>, keys: &mut dyn KeyProvider, card_id: &CardId) -> Result<(), AppError> {
-    expect_ok(protected(tx, keys, card_id, KeyPurpose::Maint, [0x84, 0x1E, 0, 0], &[], false)?)
+pub fn block_application(
+    tx: &mut Transaction<'_>,
+    keys: &mut dyn KeyProvider,
+    card_id: &CardId,
+) -> Result<(), AppError> {
+    expect_ok(protected(
+        tx,
+        keys,
+        card_id,
+        KeyPurpose::Maint,
+        [0x84, 0x1E, 0, 0],
+        &[],
+        false,
+    )?)
 }
 
 /// APPLICATION UNBLOCK, MAC with Kc[MAINT].
-pub fn unblock_application(tx: &mut Transaction<'_>, keys: &mut dyn KeyProvider, card_id: &CardId) -> Result<(), AppError> {
-    expect_ok(protected(tx, keys, card_id, KeyPurpose::Maint, [0x84, 0x18, 0, 0], &[], false)?)
+pub fn unblock_application(
+    tx: &mut Transaction<'_>,
+    keys: &mut dyn KeyProvider,
+    card_id: &CardId,
+) -> Result<(), AppError> {
+    expect_ok(protected(
+        tx,
+        keys,
+        card_id,
+        KeyPurpose::Maint,
+        [0x84, 0x18, 0, 0],
+        &[],
+        false,
+    )?)
 }
 
 /// UPDATE RECORD of the currently selected EF with a `tag ‖ len ‖ value` record.
-pub fn update_record(tx: &mut Transaction<'_>, keys: &mut dyn KeyProvider, card_id: &CardId, tag: u8, value: &[u8]) -> Result<(), AppError> {
-    let len = u8::try_from(value.len()).map_err(|_| AppError::BadInput("record too long".into()))?;
+pub fn update_record(
+    tx: &mut Transaction<'_>,
+    keys: &mut dyn KeyProvider,
+    card_id: &CardId,
+    tag: u8,
+    value: &[u8],
+) -> Result<(), AppError> {
+    let len =
+        u8::try_from(value.len()).map_err(|_| AppError::BadInput("record too long".into()))?;
     let mut tlv = vec![tag, len];
     tlv.extend_from_slice(value);
-    expect_ok(protected(tx, keys, card_id, KeyPurpose::Maint, [0x04, 0xDC, tag, 0], &tlv, false)?)
+    expect_ok(protected(
+        tx,
+        keys,
+        card_id,
+        KeyPurpose::Maint,
+        [0x04, 0xDC, tag, 0],
+        &tlv,
+        false,
+    )?)
 }
 
 /// INTERNAL AUTHENTICATE with a fresh random: is this card genuine? (§5)
-pub fn internal_authenticate(tx: &mut Transaction<'_>, keys: &mut dyn KeyProvider, card_id: &CardId) -> Result<bool, AppError> {
+pub fn internal_authenticate(
+    tx: &mut Transaction<'_>,
+    keys: &mut dyn KeyProvider,
+    card_id: &CardId,
+) -> Result<bool, AppError> {
     let r: [u8; 8] = rand::random();
     let resp = tx.transmit(&apdu(0x00, 0x88, 0x00, KeyPurpose::Int.id(), &r, 16)?)?;
     match resp.sw {
@@ -161,12 +221,19 @@ pub fn internal_authenticate(tx: &mut Transaction<'_>, keys: &mut dyn KeyProvide
 }
 
 /// EXTERNAL AUTHENTICATE: the terminal proves itself (§5).
-pub fn external_authenticate(tx: &mut Transaction<'_>, keys: &mut dyn KeyProvider, card_id: &CardId) -> Result<(), AppError> {
+pub fn external_authenticate(
+    tx: &mut Transaction<'_>,
+    keys: &mut dyn KeyProvider,
+    card_id: &CardId,
+) -> Result<(), AppError> {
     let ch = challenge(tx)?;
     let c = keys
         .external_auth_cryptogram(card_id, &ch)
         .map_err(|_| AppError::KeyUnavailable("EXT"))?;
-    match tx.transmit(&apdu(0x00, 0x82, 0x00, KeyPurpose::Ext.id(), &c, 0)?)?.sw {
+    match tx
+        .transmit(&apdu(0x00, 0x82, 0x00, KeyPurpose::Ext.id(), &c, 0)?)?
+        .sw
+    {
         StatusWord::Ok => Ok(()),
         StatusWord::AuthenticationFailed => Err(AppError::AuthFailed),
         StatusWord::AuthMethodBlocked => Err(AppError::AuthFailed),
@@ -186,6 +253,9 @@ mod tests {
         assert!(Pin::new("12a456").is_err());
         let e = Pin::new("99").unwrap_err().to_string();
         assert!(!e.contains("99"), "{e}");
-        assert_eq!(format!("{:?}", Pin::new("123456").unwrap()), "Pin(REDACTED)");
+        assert_eq!(
+            format!("{:?}", Pin::new("123456").unwrap()),
+            "Pin(REDACTED)"
+        );
     }
 }

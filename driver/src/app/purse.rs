@@ -26,7 +26,10 @@ pub fn balance(tx: &mut Transaction<'_>) -> Result<u32, AppError> {
     let r = tx.transmit(&apdu(0x80, 0x5C, 0x00, 0x02, &[], 4)?)?;
     match r.sw {
         StatusWord::Ok => {
-            let b: [u8; 4] = r.data.try_into().map_err(|_| AppError::Card(StatusWord::WrongLength))?;
+            let b: [u8; 4] = r
+                .data
+                .try_into()
+                .map_err(|_| AppError::Card(StatusWord::WrongLength))?;
             Ok(u32::from_be_bytes(b))
         }
         StatusWord::ConditionsNotSatisfied => Err(AppError::Blocked),
@@ -175,14 +178,23 @@ impl PreparedPurchase {
     /// DEBIT (§6 step 3): the card commits; MAC2 is checked by the provider. A transport
     /// failure after the command left is [`AppError::Uncertain`]: recover with
     /// [`recover_purchase`] when the card is back.
-    pub fn debit(&self, tx: &mut Transaction<'_>, keys: &mut dyn KeyProvider) -> Result<PurchaseProof, AppError> {
+    pub fn debit(
+        &self,
+        tx: &mut Transaction<'_>,
+        keys: &mut dyn KeyProvider,
+    ) -> Result<PurchaseProof, AppError> {
         let mut data = self.terminal_seq.to_be_bytes().to_vec();
         data.extend_from_slice(&self.date);
         data.extend_from_slice(&self.time);
         data.extend_from_slice(&self.mac1);
         let r = match tx.transmit(&apdu(0x80, 0x54, 0x01, 0x00, &data, 0x08)?) {
             Ok(r) => r,
-            Err(e) if e.outcome_unknown() => return Err(AppError::Uncertain { step: "DEBIT", source: e }),
+            Err(e) if e.outcome_unknown() => {
+                return Err(AppError::Uncertain {
+                    step: "DEBIT",
+                    source: e,
+                })
+            }
             Err(e) => return Err(AppError::Transport(e)),
         };
         match r.sw {
@@ -296,7 +308,9 @@ pub fn load(
     let d = match r.sw {
         StatusWord::Ok if r.data.len() == 16 => r.data,
         StatusWord::Ok => return Err(AppError::Card(StatusWord::WrongLength)),
-        StatusWord::IncorrectData => return Err(AppError::BadInput("balance would pass 2^31 - 1".into())),
+        StatusWord::IncorrectData => {
+            return Err(AppError::BadInput("balance would pass 2^31 - 1".into()))
+        }
         StatusWord::SecurityStatusNotSatisfied => return Err(AppError::SecurityNotSatisfied),
         StatusWord::ConditionsNotSatisfied => return Err(AppError::Blocked),
         sw => return Err(AppError::Card(sw)),
@@ -321,7 +335,12 @@ pub fn load(
     data.extend_from_slice(&mac2);
     let r = match tx.transmit(&apdu(0x80, 0x52, 0x00, 0x00, &data, 0x04)?) {
         Ok(r) => r,
-        Err(e) if e.outcome_unknown() => return Err(AppError::Uncertain { step: "CREDIT", source: e }),
+        Err(e) if e.outcome_unknown() => {
+            return Err(AppError::Uncertain {
+                step: "CREDIT",
+                source: e,
+            })
+        }
         Err(e) => return Err(AppError::Transport(e)),
     };
     match r.sw {
@@ -344,7 +363,13 @@ mod tests {
 
     #[test]
     fn bcd_of_a_moment() {
-        let t = NaiveDate::from_ymd_opt(2026, 11, 22).unwrap().and_hms_opt(9, 30, 15).unwrap();
-        assert_eq!(bcd_datetime(t), ([0x20, 0x26, 0x11, 0x22], [0x09, 0x30, 0x15]));
+        let t = NaiveDate::from_ymd_opt(2026, 11, 22)
+            .unwrap()
+            .and_hms_opt(9, 30, 15)
+            .unwrap();
+        assert_eq!(
+            bcd_datetime(t),
+            ([0x20, 0x26, 0x11, 0x22], [0x09, 0x30, 0x15])
+        );
     }
 }

@@ -51,16 +51,29 @@ pub trait KeyProvider: Send {
     /// Whether the provider holds the key of `purpose`.
     fn supports(&self, purpose: KeyPurpose) -> bool;
     /// EXTERNAL AUTHENTICATE cryptogram for the card's challenge (§5).
-    fn external_auth_cryptogram(&mut self, card_id: &CardId, challenge: &[u8; 8]) -> Result<[u8; 16], KeyError>;
+    fn external_auth_cryptogram(
+        &mut self,
+        card_id: &CardId,
+        challenge: &[u8; 8],
+    ) -> Result<[u8; 16], KeyError>;
     /// Whether the card's INTERNAL AUTHENTICATE answer proves it holds Kc[INT] (§5).
-    fn verify_internal_auth(&mut self, card_id: &CardId, random: &[u8; 8], answer: &[u8]) -> Result<bool, KeyError>;
+    fn verify_internal_auth(
+        &mut self,
+        card_id: &CardId,
+        random: &[u8; 8],
+        answer: &[u8],
+    ) -> Result<bool, KeyError>;
     /// Reserve a terminal sequence number and compute MAC1 (§6 step 2); the session
     /// key stays inside the provider for [`KeyProvider::verify_purchase_mac2`].
     fn purchase_mac1(&mut self, init: &PurchaseInit) -> Result<(u32, [u8; 4]), KeyError>;
     /// Check the card's MAC2 of the purchase begun by the last `purchase_mac1`.
     fn verify_purchase_mac2(&mut self, mac2: &[u8]) -> Result<bool, KeyError>;
     /// Check the card's load MAC1 and compute the terminal's MAC2 (§7).
-    fn load_mac2(&mut self, ctx: &LoadContext, card_mac1: &[u8]) -> Result<Option<[u8; 4]>, KeyError>;
+    fn load_mac2(
+        &mut self,
+        ctx: &LoadContext,
+        card_mac1: &[u8],
+    ) -> Result<Option<[u8; 4]>, KeyError>;
     /// Line-protection MAC (§5) with Kc of `purpose` (MAINT or PIN).
     fn line_mac(
         &mut self,
@@ -150,10 +163,22 @@ impl KeyProvider for SoftwareKeys {
     fn supports(&self, purpose: KeyPurpose) -> bool {
         self.k3.iter().any(|(p, _)| *p == purpose)
     }
-    fn external_auth_cryptogram(&mut self, card_id: &CardId, challenge: &[u8; 8]) -> Result<[u8; 16], KeyError> {
-        Ok(crypto::auth_cryptogram(&self.kc(KeyPurpose::Ext, card_id)?, challenge))
+    fn external_auth_cryptogram(
+        &mut self,
+        card_id: &CardId,
+        challenge: &[u8; 8],
+    ) -> Result<[u8; 16], KeyError> {
+        Ok(crypto::auth_cryptogram(
+            &self.kc(KeyPurpose::Ext, card_id)?,
+            challenge,
+        ))
     }
-    fn verify_internal_auth(&mut self, card_id: &CardId, random: &[u8; 8], answer: &[u8]) -> Result<bool, KeyError> {
+    fn verify_internal_auth(
+        &mut self,
+        card_id: &CardId,
+        random: &[u8; 8],
+        answer: &[u8],
+    ) -> Result<bool, KeyError> {
         let want = crypto::auth_cryptogram(&self.kc(KeyPurpose::Int, card_id)?, random);
         Ok(crypto::ct_eq(&want, answer))
     }
@@ -176,10 +201,17 @@ impl KeyProvider for SoftwareKeys {
         Ok((seq, mac1))
     }
     fn verify_purchase_mac2(&mut self, mac2: &[u8]) -> Result<bool, KeyError> {
-        let (sk, ctx) = self.session.take().ok_or(KeyError::Unavailable("purchase session"))?;
+        let (sk, ctx) = self
+            .session
+            .take()
+            .ok_or(KeyError::Unavailable("purchase session"))?;
         Ok(crypto::ct_eq(&ctx.mac2(&sk), mac2))
     }
-    fn load_mac2(&mut self, ctx: &LoadContext, card_mac1: &[u8]) -> Result<Option<[u8; 4]>, KeyError> {
+    fn load_mac2(
+        &mut self,
+        ctx: &LoadContext,
+        card_mac1: &[u8],
+    ) -> Result<Option<[u8; 4]>, KeyError> {
         let skl = ctx.session_key(&self.kc(KeyPurpose::Load, &ctx.card_id)?);
         if !crypto::ct_eq(&ctx.mac1(&skl), card_mac1) {
             return Ok(None);
@@ -194,6 +226,11 @@ impl KeyProvider for SoftwareKeys {
         header: [u8; 4],
         data: &[u8],
     ) -> Result<[u8; 4], KeyError> {
-        Ok(crypto::line_mac(&self.kc(purpose, card_id)?, challenge, header, data))
+        Ok(crypto::line_mac(
+            &self.kc(purpose, card_id)?,
+            challenge,
+            header,
+            data,
+        ))
     }
 }
