@@ -13,7 +13,7 @@ use serde::Serialize;
 
 /// BCD date and time of a moment (card profile §1).
 pub fn bcd_datetime(t: NaiveDateTime) -> ([u8; 4], [u8; 3]) {
-    let b = |v: u32| ((v / 10 % 10) << 4 | v % 10) as u8;
+    let b = |v: u32| (((v / 10 % 10) << 4) | (v % 10)) as u8;
     let y = t.year().clamp(0, 9999) as u32;
     (
         [b(y / 100), b(y % 100), b(t.month()), b(t.day())],
