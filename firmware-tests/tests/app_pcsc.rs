@@ -330,3 +330,61 @@ fn blank_card_is_refused_then_personalized_card_pays() {
     assert_eq!(proof.tac, hex::encode_upper(ctx.tac(&kc_tac)));
     assert_eq!(proof.balance_after, 7_500);
 }
+
+/// A PSAM in the second slot: the host never sees a key, and the purchase's TAC is the
+/// one the formulas give.
+#[test]
+fn purchase_through_a_psam() {
+    let card_v = Vcard::start(&[]);
+    let dir = tempfile::tempdir().unwrap();
+    let psam_img = dir.path().join("psam.json");
+    let psam_v = Vcard::start(&[
+        "--psam",
+        "--t0",
+        "--terminal-id",
+        "650200000077",
+        "--image",
+        psam_img.to_str().unwrap(),
+    ]);
+    let mut psam =
+        sscard_driver::keyprovider::psam::PsamProvider::open(Box::new(psam_v.connect())).unwrap();
+    assert_eq!(psam.terminal_id().to_hex(), "650200000077");
+    assert!(!psam.supports(KeyPurpose::Load));
+    let mut card = card_v.connect();
+    let mut tx = Transaction::begin(&mut card).unwrap();
+    let id = app::read_card(&mut tx).unwrap().card_id;
+    assert!(app::internal_authenticate(&mut tx, &mut psam, &id).unwrap());
+    app::external_authenticate(&mut tx, &mut psam, &id).unwrap();
+    app::verify_pin(&mut tx, &pin("123456")).unwrap();
+    let mut seqs = Vec::new();
+    for amount in [300u32, 450] {
+        let p = app::initialize_purchase(&mut tx, &mut psam, &id, amount, when()).unwrap();
+        let proof = p.debit(&mut tx, &mut psam).unwrap();
+        let (date, time) = app::bcd_datetime(when());
+        let ctx = PurchaseContext {
+            card_id: id,
+            amount,
+            counter: proof.counter,
+            random: [0; 4],
+            terminal_id: psam.terminal_id(),
+            terminal_seq: proof.terminal_seq,
+            date,
+            time,
+        };
+        let kc_tac = test_master_keys()
+            .card_keys(&id)
+            .get(KeyPurpose::Tac)
+            .clone();
+        assert_eq!(proof.tac, hex::encode_upper(ctx.tac(&kc_tac)));
+        seqs.push(proof.terminal_seq);
+    }
+    assert_eq!(seqs[1], seqs[0] + 1, "the PSAM raises its sequence");
+    assert!(matches!(
+        app::load(&mut tx, &mut psam, &id, 1, when()),
+        Err(AppError::KeyUnavailable("LOAD"))
+    ));
+    // the sequence survives the PSAM's restart (its image)
+    let saved: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&psam_img).unwrap()).unwrap();
+    assert_eq!(saved["terminal_seq"], seqs[1] + 1);
+}
