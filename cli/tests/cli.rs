@@ -70,3 +70,89 @@ fn no_pcscd_is_a_clear_error() {
     assert_eq!(o.status.code(), Some(3), "{err}");
     assert!(err.contains("pcscd"), "{err}");
 }
+
+#[test]
+fn keystore_create_then_personalize_a_blank_card_twice_issues_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let secret = dir.path().join("secret");
+    std::fs::write(&secret, "office passphrase\n").unwrap();
+    let ks = dir.path().join("office.keystore");
+    let (code, out, err) = sscard(&[
+        "keystore",
+        "create",
+        "--out",
+        ks.to_str().unwrap(),
+        "--region",
+        "650200",
+        "--terminal-id",
+        "650200000009",
+        "--purposes",
+        "all",
+        "--test-keys",
+        "--secret-file",
+        secret.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("EXT,INT,MAINT,PIN,PURCHASE,LOAD,TAC"), "{out}");
+    // a production open refuses it: the test keys
+    let records = dir.path().join("records.json");
+    std::fs::write(
+        &records,
+        serde_json::json!([{
+            "card_number": "A65020123", "ssn": "650102199212123456", "name": "王五", "gender": "1",
+            "nation": "01", "birthplace": "650102", "birth_date": "1992-12-12",
+            "issue_date": "2026-11-23", "expiry_date": "2036-11-23", "insured_category": "01",
+            "pooling_region": "650200", "region": "650200", "pin": "135790"
+        }])
+        .to_string(),
+    )
+    .unwrap();
+    let v = Vcard::start(&["--blank", "--serial", "A1A2A3A4A5A6A7A8"]);
+    let journal = dir.path().join("issuance.db");
+    let mf = dir.path().join("kmanuf");
+    std::fs::write(&mf, "00112233445566778899AABBCCDDEEFF").unwrap();
+    let (code, _, err) = sscard(&[
+        "personalize",
+        "--records",
+        records.to_str().unwrap(),
+        "--journal",
+        journal.to_str().unwrap(),
+        "--reader",
+        v.reader(),
+        "--keystore",
+        ks.to_str().unwrap(),
+        "--secret-file",
+        secret.to_str().unwrap(),
+        "--manufacturer-key",
+        mf.to_str().unwrap(),
+        "--wait",
+        "5",
+    ]);
+    assert_eq!(code, 5, "production refuses test keys: {err}");
+    assert!(err.contains("test master keys"), "{err}");
+    let args = [
+        "--json",
+        "personalize",
+        "--records",
+        records.to_str().unwrap(),
+        "--journal",
+        journal.to_str().unwrap(),
+        "--reader",
+        v.reader(),
+        "--test-keys",
+        "--wait",
+        "5",
+    ];
+    let (code, out, err) = sscard(&args);
+    assert_eq!(code, 0, "{err}");
+    let o: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(o["outcome"], "issued");
+    assert_eq!(o["card_id"], "650200D156000005A1A2A3A4A5A6A7A8");
+    let (code, out, _) = sscard(&["--json", "read", "--reader", v.reader()]);
+    assert_eq!(code, 0);
+    assert!(out.contains("王五"), "{out}");
+    // the batch run again: the journal says issued, nothing is sent
+    let (code, out, _) = sscard(&args);
+    assert_eq!(code, 0);
+    assert!(out.contains("already_issued"), "{out}");
+}

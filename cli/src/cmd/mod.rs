@@ -1,5 +1,7 @@
 //! One module per subcommand.
 pub mod atr;
+pub mod keystore;
+pub mod personalize;
 pub mod read;
 pub mod readers;
 pub mod sw;
