@@ -22,7 +22,14 @@ struct Args {
 fn stats(mut v: Vec<Duration>) -> String {
     v.sort();
     let q = |p: f64| v[((v.len() as f64 - 1.0) * p).round() as usize].as_secs_f64() * 1e3;
-    format!("min {:.3} ms, median {:.3} ms, p99 {:.3} ms, max {:.3} ms (n = {})", q(0.0), q(0.5), q(0.99), q(1.0), v.len())
+    format!(
+        "min {:.3} ms, median {:.3} ms, p99 {:.3} ms, max {:.3} ms (n = {})",
+        q(0.0),
+        q(0.5),
+        q(0.99),
+        q(1.0),
+        v.len()
+    )
 }
 
 fn main() {
