@@ -172,8 +172,12 @@ fn main() {
             .unwrap_or_else(|e| fail(format!("socket {}: {e}", config.socket.display())));
         use std::os::unix::fs::PermissionsExt;
         let _ = std::fs::set_permissions(&config.socket, std::fs::Permissions::from_mode(0o660));
-        println!("socket: {}", config.socket.display());
-        println!("token: {token}");
+        // a closed stdout (the parent stopped reading) must not stop the daemon
+        use std::io::Write;
+        let mut out = std::io::stdout();
+        let _ = writeln!(out, "socket: {}", config.socket.display());
+        let _ = writeln!(out, "token: {token}");
+        let _ = out.flush();
         let shutdown = async {
             let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
             tokio::select! {

@@ -298,6 +298,24 @@ pub async fn call(
     method: &str,
     p: &Value,
 ) -> Result<Value, ApiError> {
+    const METHODS: [&str; 13] = [
+        "system.health",
+        "reader.list",
+        "card.read",
+        "card.verify_pin",
+        "card.change_pin",
+        "card.balance",
+        "pay.debit",
+        "pay.query",
+        "pay.refund",
+        "settle.day",
+        "audit.query",
+        "session.login",
+        "events.subscribe",
+    ];
+    if !METHODS.contains(&method) {
+        return Err(ApiError::method_not_found(method));
+    }
     if !op.role.may(method) {
         return Err(ApiError::kind(
             "FORBIDDEN",

@@ -55,7 +55,14 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(stream: S, st: Arc<State>)
                 discarding = false;
                 continue;
             }
-            if let Some(resp) = handle_line(&line[..line.len() - 1], &st, &mut session).await {
+            let resp = if line.len() > MAX_LINE + 1 {
+                Some(
+                    json!({"jsonrpc": "2.0", "id": null, "error": ApiError::invalid_request("line over 64 KiB").to_json()}),
+                )
+            } else {
+                handle_line(&line[..line.len() - 1], &st, &mut session).await
+            };
+            if let Some(resp) = resp {
                 let mut out = resp.to_string();
                 out.push('\n');
                 if wr.write_all(out.as_bytes()).await.is_err() {

@@ -1,0 +1,404 @@
+//! sscardd through its real Unix socket, in `--simulate` mode (in-process reader with
+//! the default test card): every method, the error kinds reachable there, roles and a
+//! disabled operator, idempotency, bad input, and the audit chain.
+
+use serde_json::{json, Value};
+use sscard_daemon::config::token_hash;
+use sscard_firmware_tests::testbed::bin_path;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+struct Daemon {
+    child: Child,
+    dir: tempfile::TempDir,
+    socket: PathBuf,
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start() -> Daemon {
+    let dir = tempfile::tempdir().unwrap();
+    let ops = [
+        ("cashier", "cashier"),
+        ("super", "supervisor"),
+        ("audit", "auditor"),
+        ("admin", "admin"),
+    ];
+    let mut cfg = String::from(
+        "terminal_id = \"650200000001\"\nregion = \"650200\"\ntest_keys = true\ntest_mode = true\n\
+         [limits]\nper_transaction_fen = 50000\nper_card_per_day_fen = 60000\n",
+    );
+    for (name, role) in ops {
+        cfg.push_str(&format!(
+            "[[operators]]\nname = \"{name}\"\ntoken_sha256 = \"{}\"\nrole = \"{role}\"\n",
+            token_hash(&format!("tok-{name}"))
+        ));
+    }
+    cfg.push_str(&format!(
+        "[[operators]]\nname = \"gone\"\ntoken_sha256 = \"{}\"\nrole = \"cashier\"\nenabled = false\n",
+        token_hash("tok-gone")
+    ));
+    let conf = dir.path().join("sscardd.toml");
+    std::fs::write(&conf, cfg).unwrap();
+    let socket = dir.path().join("s.sock");
+    let mut child = Command::new(bin_path("sscardd"))
+        .args(["--simulate", "--config"])
+        .arg(&conf)
+        .arg("--socket")
+        .arg(&socket)
+        .arg("--journal")
+        .arg(dir.path().join("journal.db"))
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
+    assert_eq!(line.trim(), format!("socket: {}", socket.display()));
+    line.clear();
+    out.read_line(&mut line).unwrap();
+    assert!(line.starts_with("token: "), "{line}");
+    Daemon { child, dir, socket }
+}
+
+struct Client {
+    s: BufReader<UnixStream>,
+    id: u64,
+}
+
+impl Client {
+    fn new(d: &Daemon) -> Client {
+        let s = UnixStream::connect(&d.socket).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        Client {
+            s: BufReader::new(s),
+            id: 0,
+        }
+    }
+    fn raw(&mut self, line: &[u8]) -> Value {
+        self.s.get_mut().write_all(line).unwrap();
+        let mut l = String::new();
+        self.s.read_line(&mut l).unwrap();
+        serde_json::from_str(&l).unwrap()
+    }
+    fn call(&mut self, method: &str, params: Value) -> Result<Value, Value> {
+        self.id += 1;
+        let req = json!({"jsonrpc": "2.0", "id": self.id, "method": method, "params": params});
+        let r = self.raw(format!("{req}\n").as_bytes());
+        assert_eq!(r["id"], self.id);
+        match r.get("error") {
+            Some(e) => Err(e.clone()),
+            None => Ok(r["result"].clone()),
+        }
+    }
+    fn login(d: &Daemon, who: &str) -> Client {
+        let mut c = Client::new(d);
+        c.call("session.login", json!({"token": format!("tok-{who}")}))
+            .unwrap();
+        c
+    }
+}
+
+fn kind(e: &Value) -> &str {
+    e["data"]["kind"].as_str().unwrap_or("")
+}
+
+#[test]
+fn sessions_roles_and_disabled_operators() {
+    let d = start();
+    let mut c = Client::new(&d);
+    assert_eq!(c.call("system.health", json!({})).unwrap()["journal"], "ok");
+    let e = c.call("card.read", json!({})).unwrap_err();
+    assert_eq!(
+        (e["code"].as_i64(), kind(&e)),
+        (Some(4001), "UNAUTHENTICATED")
+    );
+    assert_eq!(
+        kind(
+            &c.call("session.login", json!({"token": "nope"}))
+                .unwrap_err()
+        ),
+        "UNAUTHENTICATED"
+    );
+    let e = c
+        .call("session.login", json!({"token": "tok-gone"}))
+        .unwrap_err();
+    assert_eq!(
+        (e["code"].as_i64(), kind(&e)),
+        (Some(4003), "OPERATOR_DISABLED")
+    );
+    let who = c
+        .call("session.login", json!({"token": "tok-cashier"}))
+        .unwrap();
+    assert_eq!(who, json!({"operator": "cashier", "role": "cashier"}));
+    assert_eq!(
+        kind(
+            &c.call("settle.day", json!({"date": "2026-11-23"}))
+                .unwrap_err()
+        ),
+        "FORBIDDEN"
+    );
+    assert_eq!(
+        kind(&c.call("audit.query", json!({})).unwrap_err()),
+        "FORBIDDEN"
+    );
+    assert_eq!(
+        kind(
+            &c.call("pay.refund", json!({"order_id": "x", "pin": "123456"}))
+                .unwrap_err()
+        ),
+        "FORBIDDEN"
+    );
+    let mut a = Client::login(&d, "audit");
+    assert_eq!(
+        kind(&a.call("card.read", json!({})).unwrap_err()),
+        "FORBIDDEN"
+    );
+    assert!(a.call("audit.query", json!({})).is_ok());
+    let mut ad = Client::login(&d, "admin");
+    assert_eq!(
+        kind(
+            &ad.call(
+                "pay.debit",
+                json!({"order_id": "o", "amount_fen": 1, "pin": "123456"})
+            )
+            .unwrap_err()
+        ),
+        "FORBIDDEN"
+    );
+    let mut s = Client::login(&d, "super");
+    let e = s
+        .call("pay.refund", json!({"order_id": "x", "pin": "123456"}))
+        .unwrap_err();
+    assert_eq!(
+        (e["code"].as_i64(), kind(&e)),
+        (Some(5001), "NOT_SUPPORTED"),
+        "no LOAD key here"
+    );
+}
+
+#[test]
+fn card_methods_and_pin_errors() {
+    let d = start();
+    let mut c = Client::login(&d, "cashier");
+    let list = c.call("reader.list", json!({})).unwrap();
+    assert_eq!(list[0]["backend"], "sim");
+    assert_eq!(list[0]["card_present"], true);
+    let card = c.call("card.read", json!({})).unwrap();
+    assert_eq!(card["name"], "张三");
+    assert_eq!(card["card_id"], "650200D1560000050011223344556677");
+    assert_eq!(card["genuine"], true);
+    assert_eq!(card["expiry_date"], "2036-01-01");
+    assert_eq!(
+        c.call("card.balance", json!({})).unwrap()["balance_fen"],
+        100000
+    );
+    let e = c
+        .call("card.verify_pin", json!({"pin": "000000"}))
+        .unwrap_err();
+    assert_eq!(
+        (kind(&e), e["data"]["tries_left"].as_i64()),
+        ("PIN_WRONG", Some(2))
+    );
+    assert_eq!(
+        c.call("card.verify_pin", json!({"pin": "123456"})).unwrap(),
+        json!({"verified": true})
+    );
+    assert_eq!(
+        c.call(
+            "card.change_pin",
+            json!({"old_pin": "123456", "new_pin": "654321"})
+        )
+        .unwrap(),
+        json!({"changed": true})
+    );
+    assert!(c.call("card.verify_pin", json!({"pin": "654321"})).is_ok());
+    let e = c.call("card.read", json!({"reader": "nope"})).unwrap_err();
+    assert_eq!(kind(&e), "NO_READER");
+    let e = c
+        .call("card.verify_pin", json!({"pin": 123456}))
+        .unwrap_err();
+    assert_eq!(e["code"], -32602);
+    assert!(e["message"].as_str().unwrap().contains("pin"));
+}
+
+#[test]
+fn debit_idempotency_limits_and_settlement() {
+    let d = start();
+    let mut c = Client::login(&d, "cashier");
+    let p = c
+        .call(
+            "pay.debit",
+            json!({"order_id": "A-1", "amount_fen": 1234, "pin": "123456"}),
+        )
+        .unwrap();
+    assert_eq!(p["status"], "completed");
+    assert_eq!(
+        (
+            p["balance_before_fen"].as_i64(),
+            p["balance_after_fen"].as_i64()
+        ),
+        (Some(100000), Some(98766))
+    );
+    assert_eq!(p["tac"].as_str().unwrap().len(), 8);
+    // the same order again: the recorded payment, nothing debited
+    let again = c
+        .call(
+            "pay.debit",
+            json!({"order_id": "A-1", "amount_fen": 1234, "pin": "123456"}),
+        )
+        .unwrap();
+    assert_eq!(again, p);
+    assert_eq!(
+        c.call("card.balance", json!({})).unwrap()["balance_fen"],
+        98766
+    );
+    let e = c
+        .call(
+            "pay.debit",
+            json!({"order_id": "A-1", "amount_fen": 999, "pin": "123456"}),
+        )
+        .unwrap_err();
+    assert_eq!(
+        (e["code"].as_i64(), kind(&e)),
+        (Some(3003), "DUPLICATE_ORDER")
+    );
+    assert_eq!(c.call("pay.query", json!({"order_id": "A-1"})).unwrap(), p);
+    // limits: per transaction 50000, per card per day 60000
+    let e = c
+        .call(
+            "pay.debit",
+            json!({"order_id": "A-2", "amount_fen": 50001, "pin": "123456"}),
+        )
+        .unwrap_err();
+    assert_eq!(kind(&e), "LIMIT_EXCEEDED");
+    c.call(
+        "pay.debit",
+        json!({"order_id": "A-3", "amount_fen": 50000, "pin": "123456"}),
+    )
+    .unwrap();
+    let e = c
+        .call(
+            "pay.debit",
+            json!({"order_id": "A-4", "amount_fen": 9000, "pin": "123456"}),
+        )
+        .unwrap_err();
+    assert_eq!(kind(&e), "LIMIT_EXCEEDED", "1234 + 50000 + 9000 > 60000");
+    let e = c
+        .call(
+            "pay.debit",
+            json!({"order_id": "A-5", "amount_fen": 10, "pin": "999999"}),
+        )
+        .unwrap_err();
+    assert_eq!(kind(&e), "PIN_WRONG");
+    let e = c
+        .call(
+            "pay.debit",
+            json!({"order_id": "A-6", "amount_fen": 0, "pin": "123456"}),
+        )
+        .unwrap_err();
+    assert_eq!(e["code"], -32602);
+    let mut s = Client::login(&d, "super");
+    let day = chrono::Local::now().date_naive().to_string();
+    let sum = s.call("settle.day", json!({"date": day})).unwrap();
+    assert_eq!(
+        (sum["count"].as_i64(), sum["total_fen"].as_i64()),
+        (Some(2), Some(51234))
+    );
+    // the failed attempts (PIN) were never journaled as payments
+    assert_eq!(sum["transactions"].as_array().unwrap().len(), 2);
+}
+
+#[test]
+fn bad_input_never_disturbs_other_clients() {
+    let d = start();
+    let mut c = Client::login(&d, "cashier");
+    let e = c.raw(b"{not json\n");
+    assert_eq!(e["error"]["code"], -32700);
+    let e = c.raw(b"\xff\xfe\n");
+    assert_eq!(e["error"]["code"], -32700);
+    let e = c.raw(b"[1,2]\n");
+    assert_eq!(e["error"]["code"], -32600);
+    let e = c.raw(b"{\"jsonrpc\":\"2.0\",\"id\":9,\"method\":\"card.read\",\"params\":[1]}\n");
+    assert_eq!(e["error"]["code"], -32602);
+    let e = c.raw(b"{\"jsonrpc\":\"2.0\",\"id\":10,\"method\":\"no.such\"}\n");
+    assert_eq!(e["error"]["code"], -32601);
+    // a line over 64 KiB: an error, and the connection goes on
+    let mut huge = vec![b'x'; 70 * 1024];
+    huge.push(b'\n');
+    let e = c.raw(&huge);
+    assert_eq!(e["error"]["code"], -32600);
+    assert!(c.call("card.balance", json!({})).is_ok());
+    // a client that sends half a line and stalls, another that leaves mid-call
+    let mut staller = UnixStream::connect(&d.socket).unwrap();
+    staller
+        .write_all(b"{\"jsonrpc\":\"2.0\",\"id\":1,\"meth")
+        .unwrap();
+    {
+        let mut leaver = UnixStream::connect(&d.socket).unwrap();
+        leaver
+            .write_all(b"{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"session.login\",\"params\":{\"token\":\"tok-cashier\"}}\n{\"jsonrpc\":\"2.0\",\"id\":2,\"method\":\"card.read\"}\n")
+            .unwrap();
+    }
+    let mut other = Client::login(&d, "cashier");
+    assert_eq!(
+        other.call("card.read", json!({})).unwrap()["card_number"],
+        "A65020001"
+    );
+    assert!(c.call("system.health", json!({})).is_ok());
+    let mut buf = [0u8; 1];
+    staller
+        .set_read_timeout(Some(Duration::from_millis(100)))
+        .unwrap();
+    assert!(staller.read(&mut buf).is_err(), "no answer to half a line");
+}
+
+#[test]
+fn audit_log_is_chained_and_tamper_is_found() {
+    let d = start();
+    let mut c = Client::login(&d, "cashier");
+    c.call("card.read", json!({})).unwrap();
+    c.call(
+        "pay.debit",
+        json!({"order_id": "T-1", "amount_fen": 100, "pin": "123456"}),
+    )
+    .unwrap();
+    let _ = c.call("card.verify_pin", json!({"pin": "000000"}));
+    let mut a = Client::login(&d, "audit");
+    let log = a
+        .call("audit.query", json!({"operator": "cashier"}))
+        .unwrap();
+    let log = log.as_array().unwrap();
+    assert!(log.len() >= 3, "{log:?}");
+    assert!(log
+        .iter()
+        .any(|e| e["method"] == "pay.debit" && e["card_number"] == "A65020001"));
+    // no PIN in the log
+    assert!(!serde_json::to_string(log).unwrap().contains("123456"));
+    let db = d.dir.path().join("journal.db");
+    assert_eq!(
+        sscard_daemon::journal::verify_chain(&db).unwrap(),
+        log.len()
+    );
+    let conn = rusqlite::Connection::open(&db).unwrap();
+    conn.execute("UPDATE audit SET outcome='ok' WHERE seq=2", [])
+        .unwrap();
+    assert_eq!(
+        sscard_daemon::journal::verify_chain(&db).unwrap_err(),
+        sscard_daemon::journal::Tamper::Changed { seq: 2 }
+    );
+    let conn2 = rusqlite::Connection::open(&db).unwrap();
+    conn2.execute("DELETE FROM audit WHERE seq=2", []).unwrap();
+    assert!(matches!(
+        sscard_daemon::journal::verify_chain(&db).unwrap_err(),
+        sscard_daemon::journal::Tamper::Deleted { seq: 3, .. }
+    ));
+}
