@@ -194,6 +194,12 @@ impl std::fmt::Debug for CardImage {
 impl CardImage {
     /// Issue a card from a personalization record, keys from the test master keys.
     pub fn issue(p: &Personalization) -> Result<Self, ImageError> {
+        let keys = test_master_keys().card_keys(&p.card_id()?);
+        Self::issue_with_keys(p, &keys)
+    }
+
+    /// Issue a card from a personalization record with its seven card keys Kc given.
+    pub fn issue_with_keys(p: &Personalization, keys: &CardKeys) -> Result<Self, ImageError> {
         let id = p.card_id()?;
         let records = p.records(&id)?;
         if !(4..=12).contains(&p.pin.len()) || !p.pin.bytes().all(|b| b.is_ascii_digit()) {
@@ -202,8 +208,7 @@ impl CardImage {
         if p.balance > i32::MAX as u32 {
             return Err(ImageError::Invalid("balance above 2^31 - 1".into()));
         }
-        let keys = test_master_keys().card_keys(&id);
-        Ok(Self::build(records, &keys, p.pin.clone(), p.balance))
+        Ok(Self::build(records, keys, p.pin.clone(), p.balance))
     }
 
     /// The image of a card that personalization produced.

@@ -11,11 +11,11 @@ mod knobs;
 pub use image::{CardImage, ImageError, Personalization, ProofRecord};
 pub use knobs::{t1_atr, AtrChoice, Knobs, Tear, T0_ATR};
 
-use crate::perso::IssuedData;
+use crate::perso::{Chip, IssueFactory, IssuedData};
 use crate::{Reply, VirtualCard};
 use sscard_driver::apdu::CommandApdu;
 use sscard_driver::crypto::{self, LoadContext, PurchaseContext};
-use sscard_driver::keys::{CardKeys, KeyPurpose};
+use sscard_driver::keys::{CardKeys, Key16, KeyPurpose};
 use sscard_driver::status::StatusWord;
 use sscard_driver::types::{CardId, TerminalId};
 use std::path::{Path, PathBuf};
@@ -90,6 +90,33 @@ impl EmulatedCard {
         Self::from_image(image, None, knobs)
     }
 
+    /// A card issued from a personalization record with its seven card keys Kc given.
+    pub fn with_keys(
+        p: &Personalization,
+        keys: &CardKeys,
+        knobs: Knobs,
+    ) -> Result<Self, ImageError> {
+        let image = CardImage::issue_with_keys(p, keys)?;
+        Self::from_image(image, None, knobs)
+    }
+
+    /// A blank chip (card profile §9): only the MF, its chip serial and the transport key
+    /// `K_T = transport_key(k_manuf, chip_serial)`. The personalization protocol is
+    /// `crate::perso::Chip`'s; at FINALIZE the chip becomes an `EmulatedCard` with
+    /// `knobs` (in memory: use `perso::Chip::open_image` with a factory calling
+    /// [`EmulatedCard::open_or_issue`] for a persistent one).
+    pub fn blank(chip_serial: [u8; 8], k_manuf: &Key16, knobs: Knobs) -> Chip {
+        let factory: IssueFactory = Box::new(move |data| {
+            match EmulatedCard::from_issued(data, knobs.clone()) {
+                Ok(c) => Box::new(c),
+                // personalization hands over complete data; should it not, the chip
+                // answers every command with 6F00 rather than panic
+                Err(_) => Box::new(BrokenCard),
+            }
+        });
+        Chip::blank(chip_serial, k_manuf, factory)
+    }
+
     /// The default test card: region 650200, chip serial 0011223344556677, PIN 123456,
     /// balance 100000 fen, name 张三, test keys.
     pub fn default_test_card() -> Self {
@@ -161,12 +188,19 @@ impl EmulatedCard {
         Ok(())
     }
 
+    /// The card identification code (§2).
     pub fn card_id(&self) -> CardId {
         self.card_id
     }
+    /// The persistent state as it is now.
     pub fn image(&self) -> &CardImage {
         &self.image
     }
+    /// The image file this card saves to, if any.
+    pub fn image_path(&self) -> Option<&Path> {
+        self.path.as_deref()
+    }
+    /// The knobs in force.
     pub fn knobs(&self) -> &Knobs {
         &self.knobs
     }
@@ -788,7 +822,11 @@ impl VirtualCard for EmulatedCard {
         }
         let c = match CommandApdu::parse(command) {
             Ok(c) => c,
-            Err(_) => return Reply::Answer(StatusWord::WrongLength.to_bytes().to_vec()),
+            Err(_) => {
+                // a command, even a malformed one, uses up the challenge
+                self.v.challenge = None;
+                return Reply::Answer(StatusWord::WrongLength.to_bytes().to_vec());
+            }
         };
         // the tear knob: after the Nth command of a kind, commit or not, then leave
         let mut tear_after = false;
@@ -842,6 +880,22 @@ impl VirtualCard for EmulatedCard {
             Err(sw) => sw.to_bytes().to_vec(),
         };
         Reply::Answer(out)
+    }
+}
+
+/// What a chip becomes if personalization ever handed over unusable data: a card that
+/// answers `6F00` (no precise diagnosis) to everything.
+struct BrokenCard;
+
+impl VirtualCard for BrokenCard {
+    fn atr(&self) -> Vec<u8> {
+        T0_ATR.to_vec()
+    }
+    fn power_on(&mut self) {}
+    fn power_off(&mut self) {}
+    fn reset(&mut self) {}
+    fn process(&mut self, _command: &[u8]) -> Reply {
+        Reply::Answer(vec![0x6F, 0x00])
     }
 }
 

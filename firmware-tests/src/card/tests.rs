@@ -2,17 +2,19 @@
 //! `Transaction` (so the T=0 rules are exercised as a terminal sees them).
 
 use super::*;
-use crate::sim::SimReader;
+use crate::sim::{SimReader, SimSlot};
 use sscard_driver::apdu::ResponseApdu;
+use sscard_driver::atr::Atr;
 use sscard_driver::crypto::PurchaseContext;
-use sscard_driver::testkeys::test_master_keys;
+use sscard_driver::testkeys::{test_manufacturer_key, test_master_keys};
+use sscard_driver::transport::{CardTransport, Protocol};
 use sscard_driver::transport::{Transaction, TransportError};
 
 fn h(s: &str) -> Vec<u8> {
     hex::decode(s.replace(' ', "")).unwrap()
 }
 
-fn reader(knobs: Knobs) -> SimReader {
+fn reader(knobs: Knobs) -> SimReader<EmulatedCard> {
     let card = EmulatedCard::new(&Personalization::default_test_card(), knobs).unwrap();
     SimReader::with_card("sim", Box::new(card))
 }
@@ -78,6 +80,39 @@ fn select_with_fci_and_records() {
     assert_eq!(send(&mut tx, "80CA000108").data, h("0011223344556677"));
     assert_eq!(send(&mut tx, "00EE000000").sw, StatusWord::InsNotSupported);
     assert_eq!(send(&mut tx, "A0B2010000").sw, StatusWord::ClaNotSupported);
+    // Lc that does not match the command: 6700; bad P1-P2: 6A86
+    assert_eq!(send(&mut tx, "00A4020001EF").sw, StatusWord::WrongLength);
+    assert_eq!(send(&mut tx, "0084000004").sw, StatusWord::WrongLength);
+    assert_eq!(send(&mut tx, "805C000104").sw, StatusWord::IncorrectP1P2);
+    assert_eq!(send(&mut tx, "00B201C717").sw, StatusWord::IncorrectP1P2);
+    // another application's name is not found
+    assert_eq!(
+        send(&mut tx, "00A4040005A000000003").sw,
+        StatusWord::FileNotFound
+    );
+    // after a failed SELECT by name nothing is selected any more
+    assert_eq!(
+        send(&mut tx, "805C000204").sw,
+        StatusWord::ConditionsNotSatisfied
+    );
+}
+
+#[test]
+fn select_without_le_and_before_the_application() {
+    let mut r = reader(Knobs::default());
+    let mut tx = Transaction::begin(&mut r).unwrap();
+    // EFs are inside the application only
+    assert_eq!(send(&mut tx, "00A4020002EF05").sw, StatusWord::FileNotFound);
+    assert!(send(&mut tx, "00A40000023F00").sw.is_ok());
+    assert_eq!(
+        send(&mut tx, "0020000003123456").sw,
+        StatusWord::ConditionsNotSatisfied
+    );
+    let plain = send(&mut tx, SELECT);
+    assert!(plain.sw.is_ok());
+    assert!(plain.data.is_empty(), "no FCI without Le");
+    // GET DATA answers in every state
+    assert_eq!(send(&mut tx, "80CA000108").data, h("0011223344556677"));
 }
 
 #[test]
@@ -345,7 +380,38 @@ fn load_credit_and_tac() {
     assert!(tac.sw.is_ok(), "{tac:?}");
     assert_eq!(tac.data, ctx.tac(keys().get(KeyPurpose::Tac)).unwrap());
     assert_eq!(send(&mut tx, "805C000204").data, 150_000u32.to_be_bytes());
+    // the log holds a load record (type 02) with the online counter used
+    let log = send(&mut tx, "00B201C417");
+    assert_eq!(log.data[..2], ctx.online_counter.to_be_bytes());
+    assert_eq!(log.data[5..9], 50_000u32.to_be_bytes());
+    assert_eq!(log.data[9], 0x02);
+    // the online counter went up; the purse (offline) counter did not
+    let again = send(&mut tx, &format!("805000020B0600000001{TID}10"));
+    assert_eq!(
+        again.data[4..6],
+        (ctx.online_counter + 1).to_be_bytes(),
+        "online counter"
+    );
+    let (_, p) = purchase(&mut tx, 1, 7);
+    assert_eq!(p.counter, 0, "purchase counter untouched by loads");
+    // a wrong MAC2 changes nothing
+    send(&mut tx, "0020000003123456");
+    assert!(send(&mut tx, &format!("805000020B0600000064{TID}10"))
+        .sw
+        .is_ok());
+    assert_eq!(
+        send(&mut tx, "805200000B2026112310000000000000").sw,
+        StatusWord::MacInvalid
+    );
+    assert_eq!(send(&mut tx, "805C000204").data, 149_999u32.to_be_bytes());
+    // no PIN since selection: 6982
+    send(&mut tx, SELECT);
+    assert_eq!(
+        send(&mut tx, &format!("805000020B0600000001{TID}10")).sw,
+        StatusWord::SecurityStatusNotSatisfied
+    );
     // over 2^31 - 1 is refused
+    send(&mut tx, "0020000003123456");
     ctx.amount = i32::MAX as u32;
     assert_eq!(
         send(&mut tx, &format!("805000020B06{:08X}{TID}10", ctx.amount)).sw,
@@ -499,4 +565,364 @@ fn tear_spec_parsing() {
     assert!(Knobs::parse_tear("zz:1").is_err());
     assert!(Knobs::parse_tear("54:0").is_err());
     assert!(Knobs::parse_tear("54:1:maybe").is_err());
+}
+
+#[test]
+fn log_is_cyclic_with_ten_records() {
+    let mut r = reader(Knobs::default());
+    let mut tx = Transaction::begin(&mut r).unwrap();
+    for i in 0..12u32 {
+        let (resp, _) = purchase(&mut tx, 10 + i, i);
+        assert!(resp.sw.is_ok(), "purchase {i}: {resp:?}");
+    }
+    // record 1 is the newest (counter 11), record 10 the oldest kept (counter 2)
+    for n in 1..=10u16 {
+        let rec = send(&mut tx, &format!("00B2{n:02X}C417"));
+        assert_eq!(rec.data.len(), 23);
+        assert_eq!(rec.data[..2], (12 - n).to_be_bytes(), "record {n}");
+        assert_eq!(rec.data[5..9], (10 + 12 - n as u32).to_be_bytes());
+    }
+    assert_eq!(send(&mut tx, "00B20BC417").sw, StatusWord::RecordNotFound);
+    assert_eq!(send(&mut tx, "00B200C417").sw, StatusWord::RecordNotFound);
+}
+
+#[test]
+fn failed_save_answers_an_error_and_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let sub = dir.path().join("cards");
+    std::fs::create_dir(&sub).unwrap();
+    let path = sub.join("card.json");
+    let card =
+        EmulatedCard::open_image(&path, Knobs::default(), Personalization::default_test_card)
+            .unwrap();
+    let mut r = SimReader::with_card("sim", Box::new(card));
+    // the directory disappears: the next save cannot happen
+    std::fs::remove_dir_all(&sub).unwrap();
+    let mut tx = Transaction::begin(&mut r).unwrap();
+    let (resp, ctx) = purchase(&mut tx, 700, 3);
+    assert_eq!(resp.sw.to_bytes(), [0x65, 0x81], "{resp:?}");
+    assert_eq!(send(&mut tx, "805C000204").data, 100_000u32.to_be_bytes());
+    assert_eq!(
+        send(&mut tx, &format!("805A000602{:04X}08", ctx.counter)).sw,
+        StatusWord::MacNotAvailable
+    );
+    // a failed save of a wrong PIN try does not pretend either
+    assert_eq!(
+        send(&mut tx, "0020000003999999").sw.to_bytes(),
+        [0x65, 0x81]
+    );
+    drop(tx);
+    assert_eq!(
+        r.slot().with_card(|c| c.image().pin_tries).unwrap(),
+        PIN_TRIES
+    );
+}
+
+#[test]
+fn get_response_wrong_le_and_nothing_pending() {
+    let mut card = EmulatedCard::new(
+        &Personalization::default_test_card(),
+        Knobs {
+            t0: true,
+            ..Knobs::default()
+        },
+    )
+    .unwrap();
+    let mut raw = |apdu: &str| match card.process(&h(apdu)) {
+        Reply::Answer(a) => a,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(raw(SELECT), h("9000"));
+    assert_eq!(raw("00C0000010"), h("6985"), "nothing pending");
+    assert_eq!(raw("00880002080102030405060708 10"), h("6110"));
+    assert_eq!(raw("00C0000008"), h("6C10"), "wrong Le");
+    let a = raw("00C0000010");
+    assert_eq!(a.len(), 18);
+    assert_eq!(a[16..], [0x90, 0x00]);
+    assert_eq!(raw("00C0000010"), h("6985"), "taken already");
+    // case 2 commands answer directly in T=0 too
+    assert_eq!(raw("805C000204"), h("000186A0 9000"));
+}
+
+#[test]
+fn knobs_change_at_run_time_through_the_slot() {
+    let mut r = reader(Knobs::default());
+    let slot = r.slot().clone();
+    {
+        let mut tx = Transaction::begin(&mut r).unwrap();
+        assert!(send(&mut tx, SELECT).sw.is_ok());
+        slot.with_card(|c| {
+            c.set_knobs(Knobs {
+                mute: true,
+                ..Knobs::default()
+            })
+        })
+        .unwrap();
+        let e = tx
+            .transmit(&CommandApdu::parse(&h("805C000204")).unwrap())
+            .unwrap_err();
+        assert!(matches!(e, TransportError::Timeout(_)), "{e}");
+        slot.with_card(|c| c.set_knobs(Knobs::default())).unwrap();
+        assert!(send(&mut tx, "805C000204").sw.is_ok());
+    }
+    // T=0 switched on: the status and ATR follow
+    assert_eq!(r.status().unwrap().protocol, Some(Protocol::T1));
+    slot.with_card(|c| {
+        c.set_knobs(Knobs {
+            t0: true,
+            ..Knobs::default()
+        })
+    })
+    .unwrap();
+    let st = r.status().unwrap();
+    assert_eq!((st.atr, st.protocol), (T0_ATR.to_vec(), Some(Protocol::T0)));
+    // a delay is felt by the terminal
+    slot.with_card(|c| {
+        c.set_knobs(Knobs {
+            delay_ms: 50,
+            ..Knobs::default()
+        })
+    })
+    .unwrap();
+    let t = std::time::Instant::now();
+    let mut tx = Transaction::begin(&mut r).unwrap();
+    send(&mut tx, "80CA000108");
+    assert!(t.elapsed() >= std::time::Duration::from_millis(50));
+}
+
+#[test]
+fn reset_power_cycles_and_a_new_card_needs_reconnecting() {
+    let mut r = reader(Knobs::default()).require_reconnect(true);
+    {
+        let mut tx = Transaction::begin(&mut r).unwrap();
+        send(&mut tx, SELECT);
+        assert!(send(&mut tx, "0020000003123456").sw.is_ok());
+    }
+    assert_eq!(r.reset().unwrap(), t1_atr());
+    {
+        // selection and PIN state are gone
+        let mut tx = Transaction::begin(&mut r).unwrap();
+        assert_eq!(
+            send(&mut tx, "805C000204").sw,
+            StatusWord::ConditionsNotSatisfied
+        );
+        send(&mut tx, SELECT);
+        assert_eq!(
+            send(&mut tx, &format!("805001020B0500000001{TID}0F")).sw,
+            StatusWord::SecurityStatusNotSatisfied
+        );
+    }
+    // pulled out: the reader knows its card is gone
+    let card = r.slot().remove().unwrap();
+    assert!(matches!(
+        Transaction::begin(&mut r).err(),
+        Some(TransportError::CardRemoved)
+    ));
+    assert!(!r.status().unwrap().present);
+    assert!(matches!(r.reset(), Err(TransportError::NoCard)));
+    // put back: stale until the reader reconnects, as through PC/SC
+    r.slot().insert(card);
+    assert!(matches!(
+        Transaction::begin(&mut r).err(),
+        Some(TransportError::CardRemoved)
+    ));
+    assert!(!r.status().unwrap().present);
+    r.reset().unwrap();
+    assert!(r.status().unwrap().present);
+    let mut tx = Transaction::begin(&mut r).unwrap();
+    assert!(send(&mut tx, SELECT).sw.is_ok());
+    drop(tx);
+    // an empty reader given a card later connects to it without a reset
+    let slot = SimSlot::<EmulatedCard>::new();
+    let mut late = SimReader::new("late", slot.clone()).require_reconnect(true);
+    assert!(matches!(
+        Transaction::begin(&mut late).err(),
+        Some(TransportError::NoCard)
+    ));
+    slot.insert(Box::new(EmulatedCard::default_test_card()));
+    assert!(Transaction::begin(&mut late).is_ok());
+    // the default reader follows the slot: no card, then the new card
+    let mut easy = SimReader::new("easy", SimSlot::<EmulatedCard>::new());
+    easy.slot()
+        .insert(Box::new(EmulatedCard::default_test_card()));
+    assert!(Transaction::begin(&mut easy).is_ok());
+    let card = easy.slot().remove().unwrap();
+    assert!(matches!(
+        Transaction::begin(&mut easy).err(),
+        Some(TransportError::NoCard)
+    ));
+    easy.slot().insert(card);
+    let mut tx = Transaction::begin(&mut easy).unwrap();
+    assert!(send(&mut tx, SELECT).sw.is_ok());
+}
+
+#[test]
+fn a_transaction_is_bound_to_its_card() {
+    let mut r = reader(Knobs::default());
+    let slot = r.slot().clone();
+    let mut tx = Transaction::begin(&mut r).unwrap();
+    assert!(send(&mut tx, SELECT).sw.is_ok());
+    // another card is swapped in mid-transaction: the transaction is over
+    slot.insert(Box::new(EmulatedCard::default_test_card()));
+    let e = tx
+        .transmit(&CommandApdu::parse(&h("805C000204")).unwrap())
+        .unwrap_err();
+    assert!(matches!(e, TransportError::CardRemoved), "{e}");
+}
+
+#[test]
+fn torn_card_in_memory_can_be_put_back() {
+    let mut r = reader(Knobs {
+        tear: Some(Tear {
+            ins: 0x54,
+            nth: 2,
+            commit: true,
+        }),
+        ..Knobs::default()
+    });
+    {
+        let mut tx = Transaction::begin(&mut r).unwrap();
+        let (first, _) = purchase(&mut tx, 100, 1);
+        assert!(first.sw.is_ok(), "the first DEBIT is not torn");
+        let e = purchase_expect_tear(&mut tx);
+        assert!(matches!(e, TransportError::CardRemoved), "{e}");
+        // the rest of the transaction finds no card
+        let e = tx
+            .transmit(&CommandApdu::parse(&h("805C000204")).unwrap())
+            .unwrap_err();
+        assert!(matches!(e, TransportError::CardRemoved));
+    }
+    assert!(!r.slot().is_present());
+    let (balance, counter) = r
+        .slot()
+        .with_torn(|c| (c.image().balance, c.image().counter))
+        .unwrap();
+    assert_eq!(
+        (balance, counter),
+        (100_000 - 200, 2),
+        "committed before the tear"
+    );
+    assert!(r.slot().reinsert());
+    assert!(!r.slot().reinsert(), "only once");
+    let mut tx = Transaction::begin(&mut r).unwrap();
+    send(&mut tx, SELECT);
+    let proof = send(&mut tx, "805A000602000108");
+    assert!(proof.sw.is_ok(), "the torn debit's proof: {proof:?}");
+    // the tear was one-shot
+    let (again, _) = purchase(&mut tx, 1, 3);
+    assert!(again.sw.is_ok());
+}
+
+#[test]
+fn atrs_are_valid_iso7816_3() {
+    let t0 = Atr::parse(&T0_ATR).unwrap();
+    assert_eq!(t0.protocols(), vec![Protocol::T0]);
+    let t1 = Atr::parse(&t1_atr()).unwrap();
+    assert_eq!(t1.protocols(), vec![Protocol::T1]);
+    assert_eq!(t1.ifsc(), 254);
+    // a T=1 ATR with a wrong TCK is refused by the parser, so ours is right
+    let mut bad = t1_atr();
+    *bad.last_mut().unwrap() ^= 1;
+    assert!(Atr::parse(&bad).is_err());
+    for atr in [T0_ATR.to_vec(), t1_atr()] {
+        assert!(
+            atr.windows(7).any(|w| w == b"SSC-AES"),
+            "historical bytes name the product"
+        );
+    }
+    let custom = Knobs {
+        atr: AtrChoice::Custom("3B00".into()),
+        ..Knobs::default()
+    };
+    assert_eq!(custom.atr_bytes(), h("3B00"));
+    let forced = Knobs {
+        t0: true,
+        atr: AtrChoice::T1,
+        ..Knobs::default()
+    };
+    assert_eq!(forced.atr_bytes(), t1_atr());
+}
+
+#[test]
+fn a_card_with_given_keys_uses_them() {
+    let mine = CardKeys::new(|p| Key16::from_bytes([p.id(); 16]));
+    let card = EmulatedCard::with_keys(
+        &Personalization::default_test_card(),
+        &mine,
+        Knobs::default(),
+    )
+    .unwrap();
+    let mut r = SimReader::with_card("sim", Box::new(card));
+    let mut tx = Transaction::begin(&mut r).unwrap();
+    send(&mut tx, SELECT);
+    let a = send(&mut tx, "00880002080102030405060708 10");
+    assert_eq!(
+        a.data,
+        crypto::auth_cryptogram(mine.get(KeyPurpose::Int), &[1, 2, 3, 4, 5, 6, 7, 8])
+    );
+    assert_ne!(
+        a.data,
+        crypto::auth_cryptogram(keys().get(KeyPurpose::Int), &[1, 2, 3, 4, 5, 6, 7, 8])
+    );
+    // a bad personalization record is refused with a reason
+    let mut p = Personalization::default_test_card();
+    p.pin = "12a4".into();
+    assert!(matches!(
+        EmulatedCard::new(&p, Knobs::default()),
+        Err(ImageError::Invalid(_))
+    ));
+    p = Personalization::default_test_card();
+    p.name = "张".repeat(16);
+    assert!(EmulatedCard::new(&p, Knobs::default()).is_err());
+}
+
+#[test]
+fn default_test_card_is_the_vectors_card() {
+    let card = EmulatedCard::default_test_card();
+    let path =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/spec/vectors.json");
+    let vectors: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    // every card id the vectors use is this card's
+    let mut ids = Vec::new();
+    collect_card_ids(&vectors, &mut ids);
+    assert!(!ids.is_empty());
+    for id in ids {
+        assert!(id.eq_ignore_ascii_case(&card.card_id().to_hex()), "{id}");
+    }
+    assert_eq!(card.image().balance, 100_000);
+    assert_eq!(card.image().record(0x07).unwrap(), b"A65020001");
+}
+
+#[test]
+fn blank_chip_answers_get_data_only() {
+    let serial = [9, 8, 7, 6, 5, 4, 3, 2];
+    let mut chip = EmulatedCard::blank(serial, &test_manufacturer_key(), Knobs::default());
+    let mut raw = |apdu: &str| match chip.process(&h(apdu)) {
+        Reply::Answer(a) => a,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(raw("80CA000108"), h("0908070605040302 9000"));
+    assert_ne!(raw(SELECT)[..], [0x90, 0x00]);
+    assert_ne!(raw("805C000204")[..], [0x90, 0x00]);
+    // any VirtualCard goes into the default (dyn) reader, as the daemon holds it
+    let mut r: SimReader = SimReader::with_card("blank", Box::new(chip));
+    let t: &mut dyn CardTransport = &mut r;
+    let mut tx = Transaction::begin(t).unwrap();
+    assert_eq!(send(&mut tx, "80CA000108").data, serial);
+}
+
+fn collect_card_ids(v: &serde_json::Value, out: &mut Vec<String>) {
+    match v {
+        serde_json::Value::Object(m) => {
+            for (k, x) in m {
+                match x {
+                    serde_json::Value::String(s) if k == "card_id" => out.push(s.clone()),
+                    _ => collect_card_ids(x, out),
+                }
+            }
+        }
+        serde_json::Value::Array(a) => a.iter().for_each(|x| collect_card_ids(x, out)),
+        _ => {}
+    }
 }
