@@ -15,8 +15,10 @@ pub enum AtrError {
     BadTs(u8),
     #[error("ATR truncated: {expected} bytes announced, {got} present")]
     Truncated { expected: usize, got: usize },
-    #[error("TCK mismatch: XOR of T0..TCK is {0:02X}, must be 00")]
-    TckMismatch(u8),
+    /// The check byte is wrong: `expected` is the TCK that makes the XOR of T0..TCK
+    /// zero (ISO 7816-3 §8.2.5), `got` the byte received.
+    #[error("TCK mismatch: expected {expected:02X}, got {got:02X}")]
+    TckMismatch { expected: u8, got: u8 },
     #[error("{0} bytes after the ATR")]
     TrailingBytes(usize),
     #[error("ATR of {0} bytes is longer than ISO 7816-3 allows (33)")]
@@ -150,9 +152,12 @@ impl Atr {
         i += k;
         let tck = if offers_not_t0 {
             need(i + 1)?;
-            let x = b[1..=i].iter().fold(0u8, |a, v| a ^ v);
-            if x != 0 {
-                return Err(AtrError::TckMismatch(x));
+            let expected = b[1..i].iter().fold(0u8, |a, v| a ^ v);
+            if expected != b[i] {
+                return Err(AtrError::TckMismatch {
+                    expected,
+                    got: b[i],
+                });
             }
             i += 1;
             Some(b[i - 1])
@@ -176,19 +181,18 @@ impl Atr {
         &self.raw
     }
 
-    /// Protocols offered (TD1, TD2… low nibbles; T=0 when none is named). T=15 is
-    /// global bytes, not a protocol.
+    /// Protocols offered, in the order the TDi name them, each once (TD1, TD2… low
+    /// nibbles; T=0 when none is named). T=15 is global bytes, not a protocol.
     pub fn protocol_numbers(&self) -> Vec<u8> {
-        let mut v: Vec<u8> = self
-            .groups
-            .iter()
-            .filter_map(|g| g.td.map(|td| td & 0x0F))
-            .filter(|t| *t != 15)
-            .collect();
+        let mut v: Vec<u8> = Vec::new();
+        for t in self.groups.iter().filter_map(|g| g.td.map(|td| td & 0x0F)) {
+            if t != 15 && !v.contains(&t) {
+                v.push(t);
+            }
+        }
         if v.is_empty() {
             v.push(0);
         }
-        v.dedup();
         v
     }
 
@@ -446,8 +450,15 @@ mod tests {
         assert!(d.contains("T=1 IFSC = 254"), "{d}");
         assert!(d.contains("115200 baud"), "{d}");
         // a flipped byte breaks the TCK
+        let tck = b[b.len() - 1];
         b[5] ^= 1;
-        assert!(matches!(Atr::parse(&b), Err(AtrError::TckMismatch(_))));
+        assert_eq!(
+            Atr::parse(&b),
+            Err(AtrError::TckMismatch {
+                expected: tck ^ 1,
+                got: tck
+            })
+        );
     }
 
     #[test]
@@ -458,6 +469,16 @@ mod tests {
         let a = Atr::parse(&c).unwrap();
         assert_eq!(a.protocol_numbers(), vec![0]);
         assert_eq!(a.clock_stop_and_class(), Some((3, 3)));
+    }
+
+    #[test]
+    fn protocols_listed_once_in_order() {
+        // TD1 = 81 (T=1), TD2 = 80 (T=0), TD3 = 01 (T=1 again)
+        let mut b = h("3B 80 81 80 01");
+        b.push(b[1..].iter().fold(0, |x, y| x ^ y));
+        let a = Atr::parse(&b).unwrap();
+        assert_eq!(a.protocol_numbers(), vec![1, 0]);
+        assert_eq!(a.protocols(), vec![Protocol::T1, Protocol::T0]);
     }
 
     #[test]

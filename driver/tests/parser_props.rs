@@ -4,11 +4,66 @@
 
 use proptest::prelude::*;
 use sscard_driver::apdu::{CommandApdu, ResponseApdu};
-use sscard_driver::atr::Atr;
+use sscard_driver::atr::{Atr, AtrError, InterfaceGroup};
 use sscard_driver::tlv::{BerTlv, SimpleTlv};
 
 fn bytes(max: usize) -> impl Strategy<Value = Vec<u8>> {
     proptest::collection::vec(any::<u8>(), 0..max)
+}
+
+/// Fi by TA1's high nibble and Di by its low nibble (ISO 7816-3 Tables 7 and 8).
+const FI: [(u8, u32); 12] = [
+    (0, 372),
+    (1, 372),
+    (2, 558),
+    (3, 744),
+    (4, 1116),
+    (5, 1488),
+    (6, 1860),
+    (9, 512),
+    (10, 768),
+    (11, 1024),
+    (12, 1536),
+    (13, 2048),
+];
+const DI: [(u8, u32); 9] = [
+    (1, 1),
+    (2, 2),
+    (3, 4),
+    (4, 8),
+    (5, 16),
+    (6, 32),
+    (7, 64),
+    (8, 12),
+    (9, 20),
+];
+
+/// One generated interface group: which of TA/TB/TC it has, and the protocol its TD
+/// names (if a group follows).
+#[derive(Clone, Debug)]
+struct Group {
+    ta: Option<u8>,
+    tb: Option<u8>,
+    tc: Option<u8>,
+    proto: u8,
+}
+
+fn group() -> impl Strategy<Value = Group> {
+    (
+        proptest::option::of(any::<u8>()),
+        proptest::option::of(any::<u8>()),
+        proptest::option::of(any::<u8>()),
+        0u8..=15,
+    )
+        .prop_map(|(ta, tb, tc, proto)| Group { ta, tb, tc, proto })
+}
+
+/// The Y nibble announcing a group.
+fn y(g: &Group, td: bool) -> u8 {
+    u8::from(g.ta.is_some())
+        | u8::from(g.tb.is_some()) << 1
+        | u8::from(g.tc.is_some()) << 2
+        | u8::from(td) << 3
 }
 
 proptest! {
@@ -41,27 +96,76 @@ proptest! {
         }
     }
 
-    /// Built ATRs: random interface groups and historical bytes with a right TCK parse
-    /// back to the protocols, TA1 and historical bytes they were built from.
+    /// Built ATRs: random interface-byte chains (1 to 4 groups, any TA/TB/TC, any
+    /// protocol in the TDs), TA1 from the ISO tables or absent, historical bytes and a
+    /// right TCK parse back to the groups, protocols, Fi/Di and baud rate they were
+    /// built from; a changed TCK is reported with the right one.
     #[test]
-    fn generated_atrs_parse(ta1 in any::<u8>(), t in 0u8..=1, hist in bytes(10), tb in any::<u8>()) {
-        let mut b = vec![0x3B, 0x90 | hist.len() as u8, ta1, t];
-        if t == 1 {
-            // TD1 says T=1 and TD2 follows with TB3
-            b[3] = 0x81;
-            b.extend([0x21, tb]);
+    fn generated_atrs_parse(
+        mut groups in proptest::collection::vec(group(), 1..=4),
+        ta1 in proptest::option::of((0..FI.len(), 0..DI.len())),
+        hist in bytes(11),
+        flip in 1u8..=255,
+    ) {
+        groups[0].ta = ta1.map(|(f, d)| FI[f].0 << 4 | DI[d].0);
+        let n = groups.len();
+        let mut b = vec![0x3B, y(&groups[0], n > 1) << 4 | hist.len() as u8];
+        let mut want = Vec::new();
+        for (i, g) in groups.iter().enumerate() {
+            b.extend(g.ta.iter().chain(&g.tb).chain(&g.tc));
+            let td = (i + 1 < n).then(|| y(&groups[i + 1], i + 2 < n) << 4 | g.proto);
+            b.extend(td);
+            want.push(InterfaceGroup { ta: g.ta, tb: g.tb, tc: g.tc, td });
         }
         b.extend(&hist);
-        if t == 1 {
+        let offered: Vec<u8> = groups[..n - 1].iter().map(|g| g.proto).collect();
+        let with_tck = offered.iter().any(|t| *t != 0);
+        if with_tck {
             b.push(b[1..].iter().fold(0, |x, y| x ^ y));
         }
         let a = Atr::parse(&b).unwrap();
-        prop_assert_eq!(a.protocol_numbers(), vec![t]);
-        prop_assert_eq!(a.ta1(), ta1);
+        prop_assert_eq!(&a.groups, &want);
         prop_assert_eq!(&a.historical, &hist);
-        if t == 1 {
-            prop_assert_eq!(a.bwi_cwi(), (tb >> 4, tb & 0x0F));
+        let mut protocols: Vec<u8> = Vec::new();
+        for t in offered.into_iter().filter(|t| *t != 15) {
+            if !protocols.contains(&t) {
+                protocols.push(t);
+            }
         }
+        if protocols.is_empty() {
+            protocols.push(0);
+        }
+        prop_assert_eq!(a.protocol_numbers(), protocols);
+        let (fi, di) = ta1.map_or((372, 1), |(f, d)| (FI[f].1, DI[d].1));
+        prop_assert_eq!((a.fi(), a.di()), (Some(fi), Some(di)));
+        prop_assert_eq!(a.baud_rate(3_571_200), Some((3_571_200u64 * di as u64 / fi as u64) as u32));
+        let _ = a.describe();
+        if with_tck {
+            let tck = b[b.len() - 1];
+            prop_assert_eq!(a.tck, Some(tck));
+            let last = b.len() - 1;
+            b[last] ^= flip;
+            prop_assert_eq!(
+                Atr::parse(&b),
+                Err(AtrError::TckMismatch { expected: tck, got: tck ^ flip })
+            );
+        } else {
+            prop_assert_eq!(a.tck, None);
+        }
+    }
+
+    /// Reserved TA1 nibbles are reported as unknown Fi / Di, not as numbers.
+    #[test]
+    fn rfu_ta1_is_unknown(fi in prop_oneof![Just(7u8), Just(8), Just(14), Just(15)],
+                          di in prop_oneof![Just(0u8), 10u8..=15]) {
+        let b = [0x3B, 0x10, fi << 4 | 1];
+        let a = Atr::parse(&b).unwrap();
+        prop_assert_eq!((a.fi(), a.di()), (None, Some(1)));
+        prop_assert_eq!(a.baud_rate(3_571_200), None);
+        let b = [0x3B, 0x10, 0x10 | di];
+        let a = Atr::parse(&b).unwrap();
+        prop_assert_eq!((a.fi(), a.di()), (Some(372), None));
+        prop_assert!(a.describe().contains("reserved"));
     }
 
     #[test]
