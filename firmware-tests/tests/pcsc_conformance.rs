@@ -34,7 +34,7 @@ fn desc() -> ConformanceCard {
     ConformanceCard::new(
         card_id,
         p.card_number,
-        &s(&["name_gbk", "name"]),
+        s(&["name_gbk", "name"]),
         &p.pin,
         keys,
         p.balance,
