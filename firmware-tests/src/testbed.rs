@@ -113,7 +113,8 @@ pub fn bin_path(name: &str) -> PathBuf {
 /// An `sscard-vcard` process serving a card in a leased slot; killed on drop.
 pub struct Vcard {
     child: Option<Child>,
-    pub lease: SlotLease,
+    lease: Option<SlotLease>,
+    reader: String,
 }
 
 impl Vcard {
@@ -136,22 +137,24 @@ impl Vcard {
             .stderr(Stdio::inherit())
             .spawn()
             .expect("spawn sscard-vcard");
+        let reader = lease.reader.clone();
         let v = Vcard {
             child: Some(child),
-            lease,
+            lease: Some(lease),
+            reader,
         };
-        wait_present(&ctx, &v.lease.reader, true, Duration::from_secs(10));
+        wait_present(&ctx, &v.reader, true, Duration::from_secs(10));
         v
     }
 
     pub fn reader(&self) -> &str {
-        &self.lease.reader
+        &self.reader
     }
 
     /// Connect to the card (shared, any protocol).
     pub fn connect(&self) -> PcscCard {
         let ctx = PcscContext::establish().expect("private pcscd");
-        ctx.connect(&self.lease.reader, ShareMode::Shared, None)
+        ctx.connect(&self.reader, ShareMode::Shared, None)
             .expect("connect to the virtual card")
     }
 
@@ -161,8 +164,19 @@ impl Vcard {
             let _ = c.kill();
             let _ = c.wait();
             if let Ok(ctx) = PcscContext::establish() {
-                wait_present(&ctx, &self.lease.reader, false, Duration::from_secs(10));
+                wait_present(&ctx, &self.reader, false, Duration::from_secs(10));
             }
+        }
+    }
+}
+
+impl Vcard {
+    /// Stop the card program and keep the slot, e.g. to start another card in it.
+    pub fn into_lease(mut self) -> SlotLease {
+        self.stop();
+        match self.lease.take() {
+            Some(l) => l,
+            None => unreachable!("a running Vcard holds its lease"),
         }
     }
 }
