@@ -38,6 +38,8 @@ enum Command {
     Read(cmd::read::Args),
     /// Explain a status word (SW1-SW2), e.g. `sscard sw 63C2`.
     Sw(cmd::sw::Args),
+    /// Audit log: verify the daemon journal's hash chain.
+    Audit(cmd::audit::Args),
     /// Keystores: create one from master keys and a region.
     Keystore(cmd::keystore::Args),
     /// Personalize blank cards from records (issuing office), with an issuance journal.
@@ -56,6 +58,7 @@ fn main() {
         Command::Atr(a) => cmd::atr::run(a, &out),
         Command::Read(a) => cmd::read::run(a, &out),
         Command::Sw(a) => cmd::sw::run(a, &out),
+        Command::Audit(a) => cmd::audit::run(a, &out),
         Command::Keystore(a) => cmd::keystore::run(a, &out),
         Command::Personalize(a) => cmd::personalize::run(a, &out),
     };

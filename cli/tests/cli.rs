@@ -156,3 +156,33 @@ fn keystore_create_then_personalize_a_blank_card_twice_issues_once() {
     assert_eq!(code, 0);
     assert!(out.contains("already_issued"), "{out}");
 }
+
+#[test]
+fn audit_verify_finds_a_changed_entry() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("journal.db");
+    {
+        let mut j = sscard_daemon::journal::Journal::open(&db).unwrap();
+        for i in 0..3 {
+            j.audit(
+                "2026-11-23T10:00:00+08:00",
+                "li.na",
+                "pay.debit",
+                "r0",
+                "A65020001",
+                &format!("ok {i}"),
+            )
+            .unwrap();
+        }
+    }
+    let (code, out, _) = sscard(&["audit", "verify", "--journal", db.to_str().unwrap()]);
+    assert_eq!(code, 0);
+    assert!(out.contains("intact") && out.contains('3'), "{out}");
+    rusqlite::Connection::open(&db)
+        .unwrap()
+        .execute("UPDATE audit SET operator='someone' WHERE seq=2", [])
+        .unwrap();
+    let (code, _, err) = sscard(&["audit", "verify", "--journal", db.to_str().unwrap()]);
+    assert_eq!(code, 4, "{err}");
+    assert!(err.contains("entry 2"), "{err}");
+}

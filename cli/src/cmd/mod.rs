@@ -1,5 +1,6 @@
 //! One module per subcommand.
 pub mod atr;
+pub mod audit;
 pub mod keystore;
 pub mod personalize;
 pub mod read;
