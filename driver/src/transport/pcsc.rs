@@ -27,6 +27,14 @@ pub fn map_error(e: pcsc::Error) -> TransportError {
     }
 }
 
+/// Read the current state of `states` without waiting (a timeout means "no change").
+fn poll_now(ctx: &pcsc::Context, states: &mut [pcsc::ReaderState]) -> Result<(), TransportError> {
+    match ctx.get_status_change(Duration::ZERO, states) {
+        Ok(()) | Err(pcsc::Error::Timeout) => Ok(()),
+        Err(e) => Err(map_error(e)),
+    }
+}
+
 /// How to share the card with other programs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ShareMode {
@@ -102,16 +110,7 @@ impl PcscContext {
             .filter_map(|n| CString::new(n.as_str()).ok())
             .map(|n| pcsc::ReaderState::new(n, pcsc::State::UNAWARE))
             .collect();
-        let ctx = self.ctx()?;
-        ctx.get_status_change(Duration::ZERO, &mut states)
-            .or_else(|e| {
-                if e == pcsc::Error::Timeout {
-                    Ok(())
-                } else {
-                    Err(e)
-                }
-            })
-            .map_err(map_error)?;
+        poll_now(&*self.ctx()?, &mut states)?;
         Ok(states.iter().map(ReaderInfo::from_state).collect())
     }
 
@@ -306,16 +305,7 @@ impl Monitor {
             }
         }
         if !added.is_empty() {
-            let ctx = self.ctx.ctx()?;
-            ctx.get_status_change(Duration::ZERO, &mut added)
-                .or_else(|e| {
-                    if e == pcsc::Error::Timeout {
-                        Ok(())
-                    } else {
-                        Err(e)
-                    }
-                })
-                .map_err(map_error)?;
+            poll_now(&*self.ctx.ctx()?, &mut added)?;
             for s in &mut added {
                 if s.event_state().contains(pcsc::State::PRESENT) {
                     events.push(ReaderEvent::CardInserted {

@@ -3,9 +3,10 @@
 
 use crate::persist::write_atomic;
 use crate::perso::{record_len, IssuedData};
-use chrono::{Datelike, NaiveDate};
+use chrono::NaiveDate;
 use serde::{Deserialize, Serialize};
 use sscard_driver::keys::{CardKeys, Key16, KeyPurpose};
+use sscard_driver::personalize::bcd_date;
 use sscard_driver::testkeys::test_master_keys;
 use sscard_driver::types::{is_bcd, CardId, Region};
 use std::collections::BTreeMap;
@@ -138,19 +139,6 @@ impl Personalization {
         }
         Ok(r)
     }
-}
-
-/// 4 BCD bytes `YYYYMMDD`.
-fn bcd_date(d: NaiveDate) -> [u8; 4] {
-    let mut b = [0u8; 4];
-    let s = format!(
-        "{:04}{:02}{:02}",
-        d.year().clamp(0, 9999),
-        d.month(),
-        d.day()
-    );
-    let _ = hex::decode_to_slice(s, &mut b);
-    b
 }
 
 /// The proof of the last purchase, for GET TRANSACTION PROOF (§6 step 4).
