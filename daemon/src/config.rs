@@ -1,71 +1,65 @@
-//! Configuration (TOML, `/etc/sscard/sscardd.toml` by default). Bad config is refused at
-//! start with a message naming the key and line.
+//! Configuration: one TOML file, `/etc/sscard/sscardd.toml` by default (`--config`).
+//!
+//! Bad configuration is refused at start with a message naming the line and the key
+//! (`line 7, key limits.per_transaction_fen: invalid type: string "x", expected u64`).
+//! A `SIGHUP` re-reads the file: operators, limits, the reader wait limit and the
+//! blacklist file take effect at once (a disabled operator's next call is refused);
+//! the socket, journal, keys and terminal identity need a restart.
+//!
+//! ```toml
+//! terminal_id = "650200000001"        # 12 hex digits
+//! region = "650200"                   # the terminal's city
+//! socket = "/run/sscard/sscard.sock"  # default
+//! socket_mode = 0o660                 # default
+//! tcp = "127.0.0.1:7878"              # optional, loopback only
+//! journal = "/var/lib/sscard/journal.db"
+//! reader_wait_ms = 10000              # queue wait for a reader before READER_BUSY
+//! blacklist_file = "/etc/sscard/blacklist.csv"   # optional: card,reason,until
+//! [keys]                              # exactly one of:
+//! keystore = { path = "/etc/sscard/terminal.keystore", passphrase_file = "/etc/sscard/pass" }
+//! # keystore = { path = "…", credential = "sscard-keystore" }   # systemd credential
+//! # psam = { reader = "ACS ACR39U SAM 0" }
+//! # test = true                       # the test master keys: refused unless test_mode
+//! [limits]
+//! per_transaction_fen = 500000
+//! per_card_per_day_fen = 2000000
+//! [[operators]]
+//! name = "li.na"
+//! token_sha256 = "<SHA-256 of the token, 64 hex digits>"
+//! role = "cashier"                    # cashier | supervisor | auditor | admin
+//! enabled = true
+//! ```
 
+use crate::session::Role;
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
+use sscard_driver::{Region, TerminalId};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::str::FromStr;
 
-/// A staff role (api.md "Sessions and roles").
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Role {
-    Cashier,
-    Supervisor,
-    Auditor,
-    Admin,
-}
+/// The default configuration file.
+pub const DEFAULT_PATH: &str = "/etc/sscard/sscardd.toml";
 
-impl Role {
-    pub fn name(self) -> &'static str {
-        match self {
-            Role::Cashier => "cashier",
-            Role::Supervisor => "supervisor",
-            Role::Auditor => "auditor",
-            Role::Admin => "admin",
-        }
-    }
-
-    /// Whether the role may call `method` (api.md role table).
-    pub fn may(self, method: &str) -> bool {
-        use Role::*;
-        match method {
-            "system.health" | "session.login" | "reader.list" | "events.subscribe" => true,
-            "card.read" | "card.verify_pin" | "card.change_pin" | "card.balance" | "pay.debit" => {
-                matches!(self, Cashier | Supervisor)
-            }
-            "pay.query" | "settle.day" => {
-                matches!(self, Cashier | Supervisor | Auditor)
-                    && (method != "settle.day" || self != Cashier)
-            }
-            "pay.refund" => self == Supervisor,
-            "audit.query" => matches!(self, Auditor | Admin),
-            _ => false,
-        }
-    }
-}
-
-/// An operator: name, SHA-256 of the token (hex), role, enabled.
-#[derive(Clone, Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+/// An operator. Tokens are stored as their SHA-256 (hex), never in clear: tokens are
+/// random secrets of at least 128 bits handed out by the admin, so a fast hash cannot
+/// be searched back, and every call's re-check stays cheap.
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Operator {
     pub name: String,
+    /// SHA-256 of the token, lowercase hex.
     pub token_sha256: String,
     pub role: Role,
-    #[serde(default = "yes")]
     pub enabled: bool,
 }
 
-fn yes() -> bool {
-    true
-}
-
-/// Limits in fen.
-#[derive(Clone, Debug, Deserialize)]
+/// Limits in fen (api.md "Policy").
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Limits {
-    #[serde(default = "per_txn")]
+    #[serde(default = "per_txn", deserialize_with = "positive")]
     pub per_transaction_fen: u64,
-    #[serde(default = "per_day")]
+    #[serde(default = "per_day", deserialize_with = "positive")]
     pub per_card_per_day_fen: u64,
 }
 
@@ -85,34 +79,188 @@ impl Default for Limits {
     }
 }
 
-/// The daemon's configuration.
-#[derive(Clone, Debug, Deserialize)]
+/// Where the keystore's secret comes from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum KeystoreSecretSource {
+    /// A file holding the passphrase (or 32 raw bytes of file key).
+    PassphraseFile(PathBuf),
+    /// A systemd credential name, read from `$CREDENTIALS_DIRECTORY`.
+    Credential(String),
+}
+
+/// Where the terminal's keys are (card profile §4, §8).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum KeysConfig {
+    /// An encrypted keystore file (`sscard keystore create`).
+    Keystore {
+        path: PathBuf,
+        secret: KeystoreSecretSource,
+    },
+    /// A PSAM in the named PC/SC reader (that reader is not offered for payments).
+    Psam { reader: String },
+    /// The test master keys of `vectors.json` (only with `test_mode`).
+    Test,
+}
+
+/// Scheduled journal backups (carried out by the backup module).
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
+pub struct BackupConfig {
+    /// `daily`, `weekly` or `off`.
+    #[serde(default = "weekly", deserialize_with = "schedule")]
+    pub schedule: String,
+    #[serde(default = "backup_dir")]
+    pub dir: PathBuf,
+    /// How many backups to keep.
+    #[serde(default = "retention")]
+    pub retention: u32,
+}
+
+fn weekly() -> String {
+    "weekly".into()
+}
+fn backup_dir() -> PathBuf {
+    PathBuf::from("/var/lib/sscard/backup")
+}
+fn retention() -> u32 {
+    26
+}
+
+impl Default for BackupConfig {
+    fn default() -> Self {
+        BackupConfig {
+            schedule: weekly(),
+            dir: backup_dir(),
+            retention: retention(),
+        }
+    }
+}
+
+/// Upload of completed payments to the settlement centre (carried out by the upload
+/// module).
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UploadConfig {
+    /// `https://…` (or `http://` for a local test centre).
+    #[serde(deserialize_with = "url")]
+    pub endpoint: String,
+    #[serde(default = "interval")]
+    pub interval_minutes: u64,
+    #[serde(default = "batch")]
+    pub batch_size: usize,
+}
+
+fn interval() -> u64 {
+    20
+}
+fn batch() -> usize {
+    100
+}
+
+/// The daemon's configuration.
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Config {
-    #[serde(default = "socket")]
     pub socket: PathBuf,
-    #[serde(default = "journal")]
+    /// Permission bits of the socket file.
+    pub socket_mode: u32,
+    /// Optional TCP listener, always on a loopback address.
+    pub tcp: Option<SocketAddr>,
     pub journal: PathBuf,
-    /// 12 hex digits.
-    pub terminal_id: String,
-    /// The terminal's city.
-    pub region: String,
-    #[serde(default)]
-    pub limits: Limits,
-    /// Milliseconds a request may wait for its reader before READER_BUSY.
-    #[serde(default = "wait")]
-    pub reader_wait_ms: u64,
-    #[serde(default)]
-    pub operators: Vec<Operator>,
-    /// Use the test keys of vectors.json (tests, demos; refused unless `test_mode`).
-    #[serde(default)]
-    pub test_keys: bool,
-    #[serde(default)]
+    pub terminal_id: TerminalId,
+    pub region: Region,
+    /// Allows the test master keys (tests, demos).
     pub test_mode: bool,
+    /// `None` when the file has no `[keys]` (accepted only by `--simulate` / `--dev`).
+    pub keys: Option<KeysConfig>,
+    pub limits: Limits,
+    /// CSV `card,reason,until` imported into the blacklist table at start and reload.
+    pub blacklist_file: Option<PathBuf>,
+    /// How long a request waits for its reader before `READER_BUSY`.
+    pub reader_wait_ms: u64,
+    /// How long a client may take to finish a line it began (then it is disconnected).
+    pub line_timeout_ms: u64,
+    /// Connections served at once; more wait in the listen backlog.
+    pub max_connections: usize,
+    pub backup: BackupConfig,
+    pub upload: Option<UploadConfig>,
+    pub operators: Vec<Operator>,
+}
+
+// ---- the file as written; spans kept where a later check needs a line ----
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    #[serde(default = "socket")]
+    socket: PathBuf,
+    #[serde(default = "mode", deserialize_with = "socket_mode")]
+    socket_mode: u32,
+    #[serde(default, deserialize_with = "loopback")]
+    tcp: Option<SocketAddr>,
+    #[serde(default = "journal")]
+    journal: PathBuf,
+    #[serde(deserialize_with = "parsed")]
+    terminal_id: TerminalId,
+    #[serde(deserialize_with = "parsed")]
+    region: Region,
+    #[serde(default)]
+    test_mode: bool,
+    keys: Option<toml::Spanned<RawKeys>>,
+    #[serde(default)]
+    limits: Limits,
+    blacklist_file: Option<PathBuf>,
+    #[serde(default = "wait")]
+    reader_wait_ms: u64,
+    #[serde(default = "line_timeout")]
+    line_timeout_ms: u64,
+    #[serde(default = "max_conn", deserialize_with = "positive_usize")]
+    max_connections: usize,
+    #[serde(default)]
+    backup: BackupConfig,
+    upload: Option<UploadConfig>,
+    #[serde(default)]
+    operators: Vec<RawOperator>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawKeys {
+    keystore: Option<RawKeystore>,
+    psam: Option<RawPsam>,
+    #[serde(default)]
+    test: bool,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawKeystore {
+    path: PathBuf,
+    passphrase_file: Option<PathBuf>,
+    credential: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPsam {
+    reader: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawOperator {
+    name: toml::Spanned<String>,
+    #[serde(deserialize_with = "sha256_hex")]
+    token_sha256: String,
+    role: Role,
+    #[serde(default = "yes")]
+    enabled: bool,
 }
 
 fn socket() -> PathBuf {
     PathBuf::from("/run/sscard/sscard.sock")
+}
+fn mode() -> u32 {
+    0o660
 }
 fn journal() -> PathBuf {
     PathBuf::from("/var/lib/sscard/journal.db")
@@ -120,50 +268,287 @@ fn journal() -> PathBuf {
 fn wait() -> u64 {
     10_000
 }
+fn line_timeout() -> u64 {
+    30_000
+}
+fn max_conn() -> usize {
+    64
+}
+fn yes() -> bool {
+    true
+}
 
-/// SHA-256 of a token, hex: what the config stores.
+fn parsed<'de, D, T>(d: D) -> Result<T, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: FromStr,
+    T::Err: std::fmt::Display,
+{
+    let s = String::deserialize(d)?;
+    s.parse().map_err(serde::de::Error::custom)
+}
+
+fn positive<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    match u64::deserialize(d)? {
+        0 => Err(serde::de::Error::custom("must be positive")),
+        v => Ok(v),
+    }
+}
+
+fn positive_usize<'de, D: serde::Deserializer<'de>>(d: D) -> Result<usize, D::Error> {
+    match usize::deserialize(d)? {
+        0 => Err(serde::de::Error::custom("must be positive")),
+        v => Ok(v),
+    }
+}
+
+fn socket_mode<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Repr {
+        Int(u32),
+        Text(String),
+    }
+    let m = match Repr::deserialize(d)? {
+        Repr::Int(m) => m,
+        Repr::Text(s) => u32::from_str_radix(s.trim_start_matches("0o"), 8).map_err(|_| {
+            serde::de::Error::custom(format!("{s:?} is not an octal mode like \"0660\""))
+        })?,
+    };
+    if m > 0o777 {
+        return Err(serde::de::Error::custom("a mode is at most 0o777"));
+    }
+    Ok(m)
+}
+
+fn loopback<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<SocketAddr>, D::Error> {
+    let s = String::deserialize(d)?;
+    let a: SocketAddr = s
+        .parse()
+        .map_err(|_| serde::de::Error::custom(format!("{s:?} is not an address:port")))?;
+    if !a.ip().is_loopback() {
+        return Err(serde::de::Error::custom(format!(
+            "{a} is not a loopback address: the API is for this machine only"
+        )));
+    }
+    Ok(Some(a))
+}
+
+fn sha256_hex<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    let s = String::deserialize(d)?;
+    if s.len() != 64 || !s.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(serde::de::Error::custom(
+            "64 hex digits (the SHA-256 of the token) are required",
+        ));
+    }
+    Ok(s.to_ascii_lowercase())
+}
+
+fn schedule<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    let s = String::deserialize(d)?;
+    match s.as_str() {
+        "daily" | "weekly" | "off" => Ok(s),
+        _ => Err(serde::de::Error::custom(format!(
+            "{s:?}: daily, weekly or off"
+        ))),
+    }
+}
+
+fn url<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    let s = String::deserialize(d)?;
+    if !(s.starts_with("https://") || s.starts_with("http://")) {
+        return Err(serde::de::Error::custom(format!(
+            "{s:?} is not an http(s) URL"
+        )));
+    }
+    Ok(s)
+}
+
+/// SHA-256 of a token, lowercase hex: what the configuration stores.
 pub fn token_hash(token: &str) -> String {
     hex::encode(Sha256::digest(token.as_bytes()))
 }
 
+/// The 1-based line of a byte offset.
+fn line_of(text: &str, offset: usize) -> usize {
+    let end = offset.min(text.len());
+    text.as_bytes()[..end]
+        .iter()
+        .filter(|b| **b == b'\n')
+        .count()
+        + 1
+}
+
+/// The dotted key whose value starts near `offset`: the table header above it and the
+/// key before the `=` on its line.
+fn key_at(text: &str, offset: usize) -> Option<String> {
+    let end = offset.min(text.len());
+    let before = text.get(..end)?;
+    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+    let on_line = &before[line_start..];
+    let local = on_line.rfind('=').and_then(|eq| {
+        let k = on_line[..eq].trim_end();
+        let start = k
+            .rfind(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == '-' || c == '.'))
+            .map_or(0, |i| i + 1);
+        let k = &k[start..];
+        (!k.is_empty()).then(|| k.to_string())
+    });
+    let header = before[..line_start].lines().rev().find_map(|l| {
+        let l = l.trim();
+        l.starts_with('[')
+            .then(|| l.trim_matches(|c| c == '[' || c == ']').to_string())
+    });
+    match (header, local) {
+        (Some(h), Some(k)) => Some(format!("{h}.{k}")),
+        (None, Some(k)) => Some(k),
+        (Some(h), None) => Some(h),
+        (None, None) => None,
+    }
+}
+
+fn located(text: &str, offset: usize, message: &str) -> String {
+    match key_at(text, offset) {
+        Some(k) => format!("line {}, key {k}: {message}", line_of(text, offset)),
+        None => format!("line {}: {message}", line_of(text, offset)),
+    }
+}
+
 impl Config {
-    /// Parse TOML text; errors name the key and the line.
+    /// Parse TOML text; every error names the line and, where it can, the key.
     pub fn parse(text: &str) -> Result<Config, String> {
-        let c: Config = toml::from_str(text).map_err(|e| {
-            let line = e
-                .span()
-                .map(|s| text[..s.start.min(text.len())].lines().count().max(1))
-                .unwrap_or(0);
-            format!("line {line}: {}", e.message())
+        let raw: RawConfig = toml::from_str(text).map_err(|e| match e.span() {
+            Some(s) => located(text, s.start, e.message()),
+            None => e.message().to_string(),
         })?;
-        c.terminal_id
-            .parse::<sscard_driver::TerminalId>()
-            .map_err(|e| format!("terminal_id: {e}"))?;
-        c.region
-            .parse::<sscard_driver::Region>()
-            .map_err(|e| format!("region: {e}"))?;
-        if c.test_keys && !c.test_mode {
-            return Err("test_keys: the test master keys are refused outside test_mode".into());
-        }
-        for o in &c.operators {
-            if o.token_sha256.len() != 64 || hex::decode(&o.token_sha256).is_err() {
-                return Err(format!("operators.{}.token_sha256: 64 hex digits", o.name));
+        let keys = match raw.keys {
+            None => None,
+            Some(k) => {
+                let at = k.span().start;
+                let k = k.into_inner();
+                let chosen = k.keystore.is_some() as u8 + k.psam.is_some() as u8 + k.test as u8;
+                if chosen != 1 {
+                    return Err(format!(
+                        "line {}, key keys: exactly one of keystore, psam or test = true",
+                        line_of(text, at)
+                    ));
+                }
+                if k.test && !raw.test_mode {
+                    return Err(format!(
+                        "line {}, key keys.test: the test master keys are refused unless test_mode = true",
+                        line_of(text, at)
+                    ));
+                }
+                Some(match (k.keystore, k.psam) {
+                    (Some(ks), _) => {
+                        let secret = match (ks.passphrase_file, ks.credential) {
+                            (Some(p), None) => KeystoreSecretSource::PassphraseFile(p),
+                            (None, Some(c)) => KeystoreSecretSource::Credential(c),
+                            _ => {
+                                return Err(format!(
+                                    "line {}, key keys.keystore: exactly one of passphrase_file or credential",
+                                    line_of(text, at)
+                                ))
+                            }
+                        };
+                        KeysConfig::Keystore {
+                            path: ks.path,
+                            secret,
+                        }
+                    }
+                    (None, Some(p)) => KeysConfig::Psam { reader: p.reader },
+                    (None, None) => KeysConfig::Test,
+                })
             }
+        };
+        let mut operators: Vec<Operator> = Vec::new();
+        for o in raw.operators {
+            let at = o.name.span().start;
+            let name = o.name.into_inner();
+            if name.trim().is_empty() {
+                return Err(format!(
+                    "line {}, key operators.name: must not be empty",
+                    line_of(text, at)
+                ));
+            }
+            if operators.iter().any(|x| x.name == name) {
+                return Err(format!(
+                    "line {}, key operators.name: operator {name:?} appears twice",
+                    line_of(text, at)
+                ));
+            }
+            if operators.iter().any(|x| x.token_sha256 == o.token_sha256) {
+                return Err(format!(
+                    "line {}, key operators.token_sha256: operator {name:?} shares a token with another",
+                    line_of(text, at)
+                ));
+            }
+            operators.push(Operator {
+                name,
+                token_sha256: o.token_sha256,
+                role: o.role,
+                enabled: o.enabled,
+            });
         }
-        Ok(c)
+        Ok(Config {
+            socket: raw.socket,
+            socket_mode: raw.socket_mode,
+            tcp: raw.tcp,
+            journal: raw.journal,
+            terminal_id: raw.terminal_id,
+            region: raw.region,
+            test_mode: raw.test_mode,
+            keys,
+            limits: raw.limits,
+            blacklist_file: raw.blacklist_file,
+            reader_wait_ms: raw.reader_wait_ms,
+            line_timeout_ms: raw.line_timeout_ms,
+            max_connections: raw.max_connections,
+            backup: raw.backup,
+            upload: raw.upload,
+            operators,
+        })
     }
 
+    /// Read and parse a file; errors start with its path.
     pub fn load(path: &Path) -> Result<Config, String> {
         let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
         Self::parse(&text).map_err(|e| format!("{}: {e}", path.display()))
     }
 
-    /// The operator a token belongs to.
+    /// A configuration for tests and demos: test mode, test keys, defaults elsewhere.
+    pub fn test(region: Region, terminal_id: TerminalId) -> Config {
+        Config {
+            socket: socket(),
+            socket_mode: mode(),
+            tcp: None,
+            journal: journal(),
+            terminal_id,
+            region,
+            test_mode: true,
+            keys: Some(KeysConfig::Test),
+            limits: Limits::default(),
+            blacklist_file: None,
+            reader_wait_ms: wait(),
+            line_timeout_ms: line_timeout(),
+            max_connections: max_conn(),
+            backup: BackupConfig::default(),
+            upload: None,
+            operators: Vec::new(),
+        }
+    }
+
+    /// The operator a token belongs to (compared in constant time).
     pub fn operator_by_token(&self, token: &str) -> Option<&Operator> {
         let h = token_hash(token);
         self.operators
             .iter()
             .find(|o| sscard_driver::crypto::ct_eq(o.token_sha256.as_bytes(), h.as_bytes()))
+    }
+
+    /// The operator of that name.
+    pub fn operator(&self, name: &str) -> Option<&Operator> {
+        self.operators.iter().find(|o| o.name == name)
     }
 }
 
@@ -171,27 +556,124 @@ impl Config {
 mod tests {
     use super::*;
 
-    #[test]
-    fn errors_name_key_and_line() {
-        let e = Config::parse("terminal_id = \"650200000001\"\nregion = \"650200\"\nlimits = { per_transaction_fen = \"x\" }\n").unwrap_err();
-        assert!(e.starts_with("line 3"), "{e}");
-        let e = Config::parse("terminal_id = \"zz\"\nregion = \"650200\"\n").unwrap_err();
-        assert!(e.contains("terminal_id"), "{e}");
-        let e = Config::parse(
-            "terminal_id = \"650200000001\"\nregion = \"650200\"\ntest_keys = true\n",
-        )
-        .unwrap_err();
-        assert!(e.contains("test_mode"), "{e}");
+    const BASE: &str = "terminal_id = \"650200000001\"\nregion = \"650200\"\n";
+
+    fn err(extra: &str) -> String {
+        Config::parse(&format!("{BASE}{extra}")).unwrap_err()
     }
 
     #[test]
-    fn roles() {
-        assert!(Role::Cashier.may("pay.debit"));
-        assert!(!Role::Cashier.may("pay.refund"));
-        assert!(!Role::Cashier.may("settle.day"));
-        assert!(Role::Supervisor.may("pay.refund"));
-        assert!(!Role::Auditor.may("card.read"));
-        assert!(Role::Auditor.may("audit.query"));
-        assert!(!Role::Admin.may("pay.debit"));
+    fn minimal_config_has_the_documented_defaults() {
+        let c = Config::parse(BASE).unwrap();
+        assert_eq!(c.socket, PathBuf::from("/run/sscard/sscard.sock"));
+        assert_eq!(c.socket_mode, 0o660);
+        assert_eq!(c.tcp, None);
+        assert_eq!(c.limits, Limits::default());
+        assert_eq!(c.backup.schedule, "weekly");
+        assert_eq!(c.backup.retention, 26);
+        assert_eq!(c.keys, None);
+        assert_eq!(c.reader_wait_ms, 10_000);
+    }
+
+    #[test]
+    fn errors_name_the_line_and_the_key() {
+        let e = err("[limits]\nper_transaction_fen = \"x\"\n");
+        assert!(
+            e.starts_with("line 4, key limits.per_transaction_fen:"),
+            "{e}"
+        );
+        let e = Config::parse("terminal_id = \"zz\"\nregion = \"650200\"\n").unwrap_err();
+        assert!(e.starts_with("line 1, key terminal_id:"), "{e}");
+        let e = err("reader_wait = 5\n");
+        assert!(e.starts_with("line 3") && e.contains("reader_wait"), "{e}");
+        let e = err("[limits]\nper_card_per_day_fen = 0\n");
+        assert!(
+            e.contains("limits.per_card_per_day_fen") && e.contains("positive"),
+            "{e}"
+        );
+        let e = err("[[operators]]\nname = \"a\"\ntoken_sha256 = \"abc\"\nrole = \"cashier\"\n");
+        assert!(e.starts_with("line 5, key operators.token_sha256"), "{e}");
+        let e = err("[[operators]]\nname = \"a\"\ntoken_sha256 = \"\"\nrole = \"boss\"\n");
+        assert!(e.contains("line"), "{e}");
+    }
+
+    #[test]
+    fn test_keys_need_test_mode_and_one_key_source() {
+        let e = err("[keys]\ntest = true\n");
+        assert!(e.contains("keys.test") && e.contains("test_mode"), "{e}");
+        let e = err("[keys]\npsam = { reader = \"r\" }\ntest = true\n");
+        assert!(e.contains("exactly one"), "{e}");
+        let c = Config::parse(&format!("{BASE}test_mode = true\n[keys]\ntest = true\n")).unwrap();
+        assert_eq!(c.keys, Some(KeysConfig::Test));
+        let c = Config::parse(&format!(
+            "{BASE}[keys]\nkeystore = {{ path = \"/k\", credential = \"ks\" }}\n"
+        ))
+        .unwrap();
+        assert_eq!(
+            c.keys,
+            Some(KeysConfig::Keystore {
+                path: "/k".into(),
+                secret: KeystoreSecretSource::Credential("ks".into())
+            })
+        );
+        let e = err("[keys]\nkeystore = { path = \"/k\" }\n");
+        assert!(e.contains("passphrase_file or credential"), "{e}");
+    }
+
+    #[test]
+    fn tcp_only_on_loopback_and_modes_in_octal() {
+        let c = Config::parse(&format!(
+            "{BASE}tcp = \"127.0.0.1:7878\"\nsocket_mode = \"0600\"\n"
+        ))
+        .unwrap();
+        assert_eq!(c.tcp, Some("127.0.0.1:7878".parse().unwrap()));
+        assert_eq!(c.socket_mode, 0o600);
+        assert_eq!(
+            Config::parse(&format!("{BASE}socket_mode = 0o640\n"))
+                .unwrap()
+                .socket_mode,
+            0o640
+        );
+        let e = err("tcp = \"0.0.0.0:7878\"\n");
+        assert!(e.contains("key tcp") && e.contains("loopback"), "{e}");
+        assert!(Config::parse(&format!("{BASE}tcp = \"[::1]:7878\"\n")).is_ok());
+        assert!(err("socket_mode = 0o1777\n").contains("socket_mode"));
+    }
+
+    #[test]
+    fn operators_are_unique_and_found_by_token() {
+        let op = |n: &str, t: &str| {
+            format!(
+                "[[operators]]\nname = \"{n}\"\ntoken_sha256 = \"{}\"\nrole = \"cashier\"\n",
+                token_hash(t)
+            )
+        };
+        let e = err(&format!("{}{}", op("a", "t1"), op("a", "t2")));
+        assert!(
+            e.starts_with("line 8, key operators.name") && e.contains("twice"),
+            "{e}"
+        );
+        let e = err(&format!("{}{}", op("a", "t1"), op("b", "t1")));
+        assert!(e.contains("shares a token"), "{e}");
+        let c = Config::parse(&format!("{BASE}{}{}", op("a", "t1"), op("b", "t2"))).unwrap();
+        assert_eq!(
+            c.operator_by_token("t2").map(|o| o.name.as_str()),
+            Some("b")
+        );
+        assert!(c.operator_by_token("t3").is_none());
+        assert!(c.operators.iter().all(|o| o.enabled));
+    }
+
+    #[test]
+    fn upload_and_backup_sections_are_checked() {
+        let e = err("[upload]\nendpoint = \"ftp://x\"\n");
+        assert!(e.contains("upload.endpoint"), "{e}");
+        let c = Config::parse(&format!(
+            "{BASE}[upload]\nendpoint = \"https://c.example/api\"\n"
+        ))
+        .unwrap();
+        let u = c.upload.unwrap();
+        assert_eq!((u.interval_minutes, u.batch_size), (20, 100));
+        assert!(err("[backup]\nschedule = \"hourly\"\n").contains("backup.schedule"));
     }
 }

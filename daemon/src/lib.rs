@@ -1,14 +1,46 @@
 //! # sscard-daemon
 //!
-//! `sscardd`: the local JSON-RPC API (`shared/spec/api.md`) that pharmacy POS and
-//! hospital settlement software pays through. One thread owns each reader (PC/SC calls
-//! block), one task serves each connection, and the journal (SQLite, WAL,
-//! `synchronous=FULL`) records every payment before its DEBIT and every call in a
-//! SHA-256-chained audit log.
+//! `sscardd`: the local JSON-RPC API (`shared/spec/api.md`, documented as implemented
+//! in `docs/api.md`) that pharmacy POS and settlement software pays through with
+//! China's social-security cards.
+//!
+//! ```text
+//!  clients ── Unix socket / loopback TCP ──> server (one task per connection)
+//!                                              │ sessions, roles, params
+//!                                              ▼
+//!                                         methods ──> journal thread (SQLite, WAL)
+//!                                              │         payments, audit chain,
+//!                                              │         blacklist, sequence
+//!                                              ▼
+//!                       readers: one task per reader, jobs in arrival order
+//!                              │  (ops: card operations as blocking functions)
+//!                              ▼
+//!                       ReaderSource: PC/SC (pcscd) or simulated
+//! ```
+//!
+//! Modules: [`config`] (TOML), [`journal`] (the database and `verify_chain`, also used
+//! by `sscard audit verify`), [`server`] and [`frame`] (JSON-RPC over lines),
+//! [`session`] and [`methods`] (roles and the method table), [`readers`] (reader tasks
+//! and sources), [`ops`] (debits, refunds, recovery and policy), [`keys`] (keystore,
+//! PSAM or test keys), [`daemon`] (start and shutdown), [`error`] (the error kinds and
+//! the one mapping from driver errors).
+#![forbid(unsafe_code)]
 
 pub mod config;
+pub mod daemon;
 pub mod error;
+pub mod events;
+pub mod frame;
 pub mod journal;
+pub mod keys;
 pub mod methods;
+pub mod ops;
 pub mod readers;
 pub mod server;
+pub mod session;
+pub mod state;
+
+pub use config::Config;
+pub use daemon::{Daemon, Options};
+pub use error::ApiError;
+pub use state::State;

@@ -1,17 +1,19 @@
-//! `sscardd`: parse flags, set up logging, build the state, serve.
+//! `sscardd`: parse flags, set up logging, build the options, serve until SIGTERM or
+//! SIGINT; SIGHUP re-reads the configuration. Exit codes: 0 after a clean shutdown,
+//! 2 when the configuration or start-up is refused (the message says why).
+#![forbid(unsafe_code)]
 
 use clap::Parser;
-use sscard_daemon::config::{token_hash, Config, Operator, Role};
-use sscard_daemon::journal::Journal;
-use sscard_daemon::methods::State;
-use sscard_daemon::readers::{watch_pcsc, Backend, Reader};
-use sscard_driver::keys::KeyPurpose;
-use sscard_driver::testkeys::test_master_keys;
-use sscard_driver::transport::pcsc::PcscContext;
+use sscard_daemon::config::{token_hash, Config, KeysConfig, Operator, DEFAULT_PATH};
+use sscard_daemon::keys::KeySource;
+use sscard_daemon::readers::pcsc::PcscSource;
+use sscard_daemon::readers::sim::SimControl;
+use sscard_daemon::readers::source::ReaderSource;
+use sscard_daemon::session::Role;
+use sscard_daemon::{Daemon, Options};
 use sscard_firmware_tests::card::EmulatedCard;
-use sscard_firmware_tests::sim::SimReader;
+use std::io::Write;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
 
 #[derive(Parser)]
 #[command(
@@ -20,25 +22,26 @@ use std::sync::{Arc, Mutex};
     about = "Social-security card daemon: the local payment API"
 )]
 struct Args {
-    /// Configuration file.
-    #[arg(long, default_value = "/etc/sscard/sscardd.toml")]
-    config: PathBuf,
-    /// No hardware: an in-process reader with the default test card, test keys, a
-    /// temporary journal and a demo supervisor.
+    /// Configuration file [default: /etc/sscard/sscardd.toml; none with --simulate/--dev].
     #[arg(long)]
+    config: Option<PathBuf>,
+    /// No hardware: an in-process reader ("sim 0") with the default test card, test
+    /// keys, a temporary journal and a demo supervisor.
+    #[arg(long, conflicts_with = "dev")]
     simulate: bool,
-    /// Real PC/SC readers with the test keys, a temporary journal and a demo supervisor.
+    /// The machine's PC/SC readers with the test keys, a temporary journal and a demo
+    /// supervisor.
     #[arg(long)]
     dev: bool,
     /// Socket path (overrides the configuration).
     #[arg(long)]
     socket: Option<PathBuf>,
-    /// Journal path (overrides the configuration).
+    /// Journal path (overrides the configuration; in --simulate/--dev a temporary one).
     #[arg(long)]
     journal: Option<PathBuf>,
 }
 
-fn fail(msg: String) -> ! {
+fn fail(msg: impl std::fmt::Display) -> ! {
     eprintln!("sscardd: {msg}");
     std::process::exit(2)
 }
@@ -48,145 +51,136 @@ fn main() {
         .with_writer(std::io::stderr)
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("SSCARD_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .init();
     let a = Args::parse();
     let demo = a.simulate || a.dev;
-    let tmp = std::env::temp_dir().join(format!("sscardd-{}", std::process::id()));
-    let mut token = String::new();
-    let mut config = if demo && !a.config.exists() {
-        token = hex::encode(rand::random::<[u8; 16]>());
-        Config {
-            socket: tmp.join("sscard.sock"),
-            journal: tmp.join("journal.db"),
-            terminal_id: "650200000001".into(),
-            region: "650200".into(),
-            limits: Default::default(),
-            reader_wait_ms: 10_000,
-            operators: vec![Operator {
-                name: "demo".into(),
-                token_sha256: token_hash(&token),
-                role: Role::Supervisor,
-                enabled: true,
-            }],
-            test_keys: true,
-            test_mode: true,
-        }
-    } else {
-        Config::load(&a.config).unwrap_or_else(|e| fail(e))
+    let config_path = match (&a.config, demo) {
+        (Some(p), _) => Some(p.clone()),
+        (None, true) => None,
+        (None, false) => Some(PathBuf::from(DEFAULT_PATH)),
     };
+    let mut config = match &config_path {
+        Some(p) => Config::load(p).unwrap_or_else(|e| fail(e)),
+        None => Config::test(
+            "650200".parse().unwrap_or_else(|e| fail(e)),
+            "650200000001".parse().unwrap_or_else(|e| fail(e)),
+        ),
+    };
+    let mut tmp = None;
+    let mut token = None;
+    if demo {
+        let dir = std::env::temp_dir().join(format!("sscardd-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap_or_else(|e| fail(format!("{}: {e}", dir.display())));
+        if config_path.is_none() {
+            config.socket = dir.join("sscard.sock");
+        }
+        config.journal = dir.join("journal.db");
+        config.test_mode = true;
+        config.keys = Some(KeysConfig::Test);
+        let t = hex::encode(rand::random::<[u8; 16]>());
+        config.operators.retain(|o| o.name != "demo");
+        config.operators.push(Operator {
+            name: "demo".into(),
+            token_sha256: token_hash(&t),
+            role: Role::Supervisor,
+            enabled: true,
+        });
+        token = Some(t);
+        tmp = Some(dir);
+    }
     if let Some(s) = a.socket {
         config.socket = s;
     }
     if let Some(j) = a.journal {
         config.journal = j;
-    } else if demo {
-        config.journal = tmp.join("journal.db");
     }
-    if !config.test_keys {
-        fail("only test keys are supported by this build (set test_mode and test_keys)".into());
-    }
-    let region = config
-        .region
-        .parse()
-        .unwrap_or_else(|e| fail(format!("region: {e}")));
-    let terminal_id = config
-        .terminal_id
-        .parse()
-        .unwrap_or_else(|e| fail(format!("terminal_id: {e}")));
-    let m = test_master_keys();
-    let purposes = [
-        KeyPurpose::Ext,
-        KeyPurpose::Int,
-        KeyPurpose::Purchase,
-        KeyPurpose::Maint,
-    ];
-    let k3 = purposes.iter().map(|p| (*p, m.k3(*p, region))).collect();
-    for p in [&config.journal, &config.socket] {
-        if let Some(d) = p.parent() {
-            let _ = std::fs::create_dir_all(d);
-        }
-    }
-    let journal = Journal::open(&config.journal)
-        .unwrap_or_else(|e| fail(format!("journal {}: {e}", config.journal.display())));
-    match journal.pending() {
-        Ok(p) if !p.is_empty() => {
-            for x in &p {
-                tracing::warn!(
-                    "pending payment {} of card {} ({} fen): settles when the card is seen",
-                    x.order_id,
-                    x.card_number,
-                    x.amount_fen
-                );
-            }
-        }
-        Ok(_) => {}
-        Err(e) => fail(format!("journal: {e}")),
-    }
-    let readers = Arc::new(Mutex::new(Vec::new()));
-    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    if a.simulate {
-        let card: Box<dyn sscard_firmware_tests::VirtualCard> =
-            Box::new(EmulatedCard::default_test_card());
-        let r = SimReader::with_card("sim 0", card);
-        if let Ok(mut l) = readers.lock() {
-            l.push(Reader::spawn("sim 0".into(), Backend::Sim(r)));
-        }
+    let keys = if demo {
+        KeySource::test(config.region, config.terminal_id)
     } else {
-        match PcscContext::establish() {
-            Ok(ctx) => {
-                if let Ok(infos) = ctx.reader_states() {
-                    if let Ok(mut l) = readers.lock() {
-                        for i in infos {
-                            let r = Reader::spawn(
-                                i.name.clone(),
-                                Backend::Pcsc {
-                                    ctx: ctx.clone(),
-                                    name: i.name.clone(),
-                                    card: None,
-                                },
-                            );
-                            r.set_presence(i.card_present, i.atr.clone());
-                            l.push(r);
+        KeySource::from_config(&config).unwrap_or_else(|e| fail(e))
+    };
+    let readers: Box<dyn ReaderSource> = if a.simulate {
+        let sim = SimControl::new();
+        sim.add_reader_with_card("sim 0", Box::new(EmulatedCard::default_test_card()));
+        Box::new(sim.source())
+    } else {
+        let ignore = match &config.keys {
+            Some(KeysConfig::Psam { reader }) => vec![reader.clone()],
+            _ => Vec::new(),
+        };
+        Box::new(PcscSource::new(ignore))
+    };
+    let rt = tokio::runtime::Runtime::new().unwrap_or_else(|e| fail(format!("runtime: {e}")));
+    rt.block_on(async move {
+        let d = Daemon::start(Options {
+            config: config.clone(),
+            readers,
+            keys,
+        })
+        .await
+        .unwrap_or_else(|e| fail(e));
+        // a closed stdout (the parent stopped reading) must not stop the daemon
+        let mut out = std::io::stdout();
+        let _ = writeln!(out, "socket: {}", d.socket().display());
+        if let Some(t) = &token {
+            let _ = writeln!(out, "token: {t}");
+        }
+        let _ = out.flush();
+        let state = d.state();
+        if let Some(path) = config_path {
+            tokio::spawn(async move {
+                let Ok(mut hup) =
+                    tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+                else {
+                    return;
+                };
+                while hup.recv().await.is_some() {
+                    let r = match Config::load(&path) {
+                        Ok(mut c) => {
+                            if demo {
+                                // keep what the demo flags chose
+                                let now = state.config();
+                                c.keys = now.keys.clone();
+                                c.test_mode = now.test_mode;
+                                c.journal = now.journal.clone();
+                                c.socket = now.socket.clone();
+                                if let Some(op) = now.operator("demo") {
+                                    c.operators.retain(|o| o.name != "demo");
+                                    c.operators.push(op.clone());
+                                }
+                            }
+                            state.reload(c).await
+                        }
+                        Err(e) => Err(e),
+                    };
+                    match r {
+                        Ok(()) => tracing::info!("configuration reloaded"),
+                        Err(e) => {
+                            tracing::error!("reload refused, the old configuration stays: {e}")
                         }
                     }
                 }
-                watch_pcsc(ctx, readers.clone(), stop.clone());
-            }
-            Err(e) => tracing::warn!("PC/SC unavailable: {e}; readers will not appear"),
+            });
         }
-    }
-    let state = Arc::new(State {
-        config: config.clone(),
-        journal: Arc::new(Mutex::new(journal)),
-        readers,
-        k3: Arc::new(k3),
-        region,
-        terminal_id,
-    });
-    let rt = tokio::runtime::Runtime::new().unwrap_or_else(|e| fail(format!("runtime: {e}")));
-    rt.block_on(async move {
-        let _ = std::fs::remove_file(&config.socket);
-        let listener = tokio::net::UnixListener::bind(&config.socket)
-            .unwrap_or_else(|e| fail(format!("socket {}: {e}", config.socket.display())));
-        use std::os::unix::fs::PermissionsExt;
-        let _ = std::fs::set_permissions(&config.socket, std::fs::Permissions::from_mode(0o660));
-        // a closed stdout (the parent stopped reading) must not stop the daemon
-        use std::io::Write;
-        let mut out = std::io::stdout();
-        let _ = writeln!(out, "socket: {}", config.socket.display());
-        let _ = writeln!(out, "token: {token}");
-        let _ = out.flush();
         let shutdown = async {
-            let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {},
-                _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending::<()>().await } } => {},
+            let term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate());
+            match term {
+                Ok(mut t) => {
+                    tokio::select! {
+                        _ = tokio::signal::ctrl_c() => {},
+                        _ = t.recv() => {},
+                    }
+                }
+                Err(_) => {
+                    let _ = tokio::signal::ctrl_c().await;
+                }
             }
         };
-        sscard_daemon::server::run(listener, state, shutdown).await;
-        stop.store(true, std::sync::atomic::Ordering::Relaxed);
-        let _ = std::fs::remove_file(&config.socket);
+        d.serve(shutdown).await;
     });
+    if let Some(dir) = tmp {
+        let _ = std::fs::remove_dir_all(dir);
+    }
 }

@@ -1,10 +1,9 @@
-//! sscardd through its real Unix socket, in `--simulate` mode (in-process reader with
-//! the default test card): every method, the error kinds reachable there, roles and a
-//! disabled operator, idempotency, bad input, and the audit chain.
+//! The `sscardd` binary through its real Unix socket, in `--simulate` mode (in-process
+//! reader with the default test card): every method, roles and a disabled operator,
+//! idempotency, bad input, the audit chain, SIGHUP reloads, SIGTERM, bad configuration.
 
 use serde_json::{json, Value};
 use sscard_daemon::config::token_hash;
-use sscard_firmware_tests::testbed::bin_path;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
@@ -24,8 +23,7 @@ impl Drop for Daemon {
     }
 }
 
-fn start() -> Daemon {
-    let dir = tempfile::tempdir().unwrap();
+fn config_text(gone_enabled: bool) -> String {
     let ops = [
         ("cashier", "cashier"),
         ("super", "supervisor"),
@@ -33,7 +31,8 @@ fn start() -> Daemon {
         ("admin", "admin"),
     ];
     let mut cfg = String::from(
-        "terminal_id = \"650200000001\"\nregion = \"650200\"\ntest_keys = true\ntest_mode = true\n\
+        "terminal_id = \"650200000001\"\nregion = \"650200\"\ntest_mode = true\n\
+         [keys]\ntest = true\n\
          [limits]\nper_transaction_fen = 50000\nper_card_per_day_fen = 60000\n",
     );
     for (name, role) in ops {
@@ -43,13 +42,19 @@ fn start() -> Daemon {
         ));
     }
     cfg.push_str(&format!(
-        "[[operators]]\nname = \"gone\"\ntoken_sha256 = \"{}\"\nrole = \"cashier\"\nenabled = false\n",
+        "[[operators]]\nname = \"gone\"\ntoken_sha256 = \"{}\"\nrole = \"cashier\"\nenabled = {gone_enabled}\n",
         token_hash("tok-gone")
     ));
+    cfg
+}
+
+fn start() -> Daemon {
+    let dir = tempfile::tempdir().unwrap();
     let conf = dir.path().join("sscardd.toml");
-    std::fs::write(&conf, cfg).unwrap();
+    std::fs::write(&conf, config_text(false)).unwrap();
     let socket = dir.path().join("s.sock");
-    let mut child = Command::new(bin_path("sscardd"))
+    let mut child = Command::new(env!("CARGO_BIN_EXE_sscardd"))
+        .env("SSCARD_LOG", "warn")
         .args(["--simulate", "--config"])
         .arg(&conf)
         .arg("--socket")
@@ -179,10 +184,10 @@ fn sessions_roles_and_disabled_operators() {
         .call("pay.refund", json!({"order_id": "x", "pin": "123456"}))
         .unwrap_err();
     assert_eq!(
-        (e["code"].as_i64(), kind(&e)),
-        (Some(5001), "NOT_SUPPORTED"),
-        "no LOAD key here"
+        e["code"], -32602,
+        "a supervisor may; there is no such order"
     );
+    assert!(e["message"].as_str().unwrap().starts_with("order_id"));
 }
 
 #[test]
@@ -331,6 +336,26 @@ fn bad_input_never_disturbs_other_clients() {
     assert_eq!(e["error"]["code"], -32602);
     let e = c.raw(b"{\"jsonrpc\":\"2.0\",\"id\":10,\"method\":\"no.such\"}\n");
     assert_eq!(e["error"]["code"], -32601);
+    let e = c.raw(b"{\"id\":11,\"method\":\"system.health\"}\n");
+    assert_eq!(
+        (e["id"].as_i64(), e["error"]["code"].as_i64()),
+        (Some(11), Some(-32600))
+    );
+    let e = c.raw(b"{\"jsonrpc\":\"2.0\",\"id\":{},\"method\":\"system.health\"}\n");
+    assert_eq!(e["error"]["code"], -32600);
+    let e = c.raw(
+        b"{\"jsonrpc\":\"2.0\",\"id\":12,\"method\":\"card.balance\",\"params\":{\"amount\":1}}\n",
+    );
+    assert_eq!(e["error"]["code"], -32602);
+    assert!(e["error"]["message"]
+        .as_str()
+        .unwrap()
+        .starts_with("amount"));
+    // a notification (no id) gets no answer: the next line answers the next call
+    c.s.get_mut()
+        .write_all(b"{\"jsonrpc\":\"2.0\",\"method\":\"system.health\"}\n")
+        .unwrap();
+    assert!(c.call("system.health", json!({})).is_ok());
     // a line over 64 KiB: an error, and the connection goes on
     let mut huge = vec![b'x'; 70 * 1024];
     huge.push(b'\n');
@@ -384,12 +409,13 @@ fn audit_log_is_chained_and_tamper_is_found() {
     // no PIN in the log
     assert!(!serde_json::to_string(log).unwrap().contains("123456"));
     let db = d.dir.path().join("journal.db");
+    let all = a.call("audit.query", json!({})).unwrap();
     assert_eq!(
         sscard_daemon::journal::verify_chain(&db).unwrap(),
-        log.len()
+        all.as_array().unwrap().len()
     );
     let conn = rusqlite::Connection::open(&db).unwrap();
-    conn.execute("UPDATE audit SET outcome='ok' WHERE seq=2", [])
+    conn.execute("UPDATE audit SET outcome='tampered' WHERE seq=2", [])
         .unwrap();
     assert_eq!(
         sscard_daemon::journal::verify_chain(&db).unwrap_err(),
@@ -401,4 +427,146 @@ fn audit_log_is_chained_and_tamper_is_found() {
         sscard_daemon::journal::verify_chain(&db).unwrap_err(),
         sscard_daemon::journal::Tamper::Deleted { seq: 3, .. }
     ));
+}
+
+fn signal(d: &Daemon, sig: &str) {
+    let st = Command::new("kill")
+        .args([sig, &d.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(st.success());
+}
+
+#[test]
+fn sighup_reload_stops_a_disabled_operator_at_once() {
+    let d = start();
+    let mut c = Client::login(&d, "cashier");
+    assert!(c.call("card.balance", json!({})).is_ok());
+    let conf = d.dir.path().join("sscardd.toml");
+    // disable the cashier, enable "gone"
+    let text = config_text(true).replacen(
+        "role = \"cashier\"\n",
+        "role = \"cashier\"\nenabled = false\n",
+        1,
+    );
+    std::fs::write(&conf, text).unwrap();
+    signal(&d, "-HUP");
+    let mut disabled = false;
+    for _ in 0..100 {
+        match c.call("card.balance", json!({})) {
+            Err(e) if kind(&e) == "OPERATOR_DISABLED" => {
+                disabled = true;
+                break;
+            }
+            _ => std::thread::sleep(Duration::from_millis(50)),
+        }
+    }
+    assert!(disabled, "the reload took effect on the open session");
+    let mut g = Client::new(&d);
+    g.call("session.login", json!({"token": "tok-gone"}))
+        .unwrap();
+    // a broken file is refused and the configuration in force stays
+    std::fs::write(&conf, "terminal_id = 12\n").unwrap();
+    signal(&d, "-HUP");
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(g.call("card.balance", json!({})).is_ok());
+}
+
+#[test]
+fn sigterm_stops_cleanly() {
+    let mut d = start();
+    let mut c = Client::login(&d, "cashier");
+    c.call(
+        "pay.debit",
+        json!({"order_id": "Z-1", "amount_fen": 10, "pin": "123456"}),
+    )
+    .unwrap();
+    signal(&d, "-TERM");
+    let st = d.child.wait().unwrap();
+    assert!(st.success(), "{st:?}");
+    assert!(!d.socket.exists(), "the socket file is removed");
+    let db = d.dir.path().join("journal.db");
+    assert!(sscard_daemon::journal::verify_chain(&db).unwrap() >= 2);
+}
+
+#[test]
+fn bad_configuration_is_refused_naming_line_and_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let conf = dir.path().join("bad.toml");
+    std::fs::write(
+        &conf,
+        "terminal_id = \"650200000001\"\nregion = \"650200\"\n[limits]\nper_transaction_fen = -5\n",
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_sscardd"))
+        .env("SSCARD_LOG", "warn")
+        .arg("--config")
+        .arg(&conf)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("line 4, key limits.per_transaction_fen"),
+        "{err}"
+    );
+    std::fs::write(
+        &conf,
+        "terminal_id = \"650200000001\"\nregion = \"650200\"\ntcp = \"192.168.1.5:80\"\n",
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_sscardd"))
+        .env("SSCARD_LOG", "warn")
+        .arg("--config")
+        .arg(&conf)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("loopback"));
+}
+
+#[test]
+fn simulate_alone_serves_a_demo_supervisor() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("demo.sock");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_sscardd"))
+        .env("SSCARD_LOG", "warn")
+        .arg("--simulate")
+        .arg("--socket")
+        .arg(&socket)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
+    assert_eq!(line.trim(), format!("socket: {}", socket.display()));
+    line.clear();
+    out.read_line(&mut line).unwrap();
+    let token = line.trim().strip_prefix("token: ").unwrap().to_string();
+    let d = Daemon { child, dir, socket };
+    let mut c = Client::new(&d);
+    assert_eq!(
+        c.call("session.login", json!({"token": token})).unwrap(),
+        json!({"operator": "demo", "role": "supervisor"})
+    );
+    let h = c.call("system.health", json!({})).unwrap();
+    assert_eq!(
+        (h["readers"].as_i64(), h["keys"].as_str()),
+        (Some(1), Some("test"))
+    );
+    let p = c
+        .call(
+            "pay.debit",
+            json!({"order_id": "D-1", "amount_fen": 1850, "pin": "123456"}),
+        )
+        .unwrap();
+    assert_eq!(p["status"], "completed");
+    let r = c
+        .call("pay.refund", json!({"order_id": "D-1", "pin": "123456"}))
+        .unwrap();
+    assert_eq!(
+        (r["kind"].as_str(), r["amount_fen"].as_i64()),
+        (Some("refund"), Some(1850))
+    );
 }

@@ -1,0 +1,199 @@
+//! Putting it together: [`Daemon::start`] opens the journal (listing the payments left
+//! pending by a crash), imports the blacklist file, starts the readers and binds the
+//! sockets; [`Daemon::serve`] serves until its shutdown future resolves, then lets the
+//! card operations in flight finish and closes the journal cleanly.
+//!
+//! Pending payments are settled when their card is seen: each card inserted in any
+//! reader is checked against the journal's pending payments.
+
+use crate::config::Config;
+use crate::events::Event;
+use crate::journal::{Journal, JournalHandle};
+use crate::keys::KeySource;
+use crate::methods;
+use crate::ops;
+use crate::readers::source::ReaderSource;
+use crate::readers::Readers;
+use crate::server::{self, Listener};
+use crate::state::State;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::broadcast;
+
+/// How long shutdown waits for card operations in flight.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(60);
+
+/// What the daemon runs with.
+pub struct Options {
+    pub config: Config,
+    pub readers: Box<dyn ReaderSource>,
+    pub keys: KeySource,
+}
+
+/// A started daemon, not yet serving.
+pub struct Daemon {
+    state: Arc<State>,
+    listeners: Vec<Listener>,
+    socket: PathBuf,
+    tcp: Option<SocketAddr>,
+    journal_thread: Option<std::thread::JoinHandle<()>>,
+    settler: tokio::task::JoinHandle<()>,
+}
+
+/// Bind the Unix socket: refuse if another daemon answers there, else replace a stale
+/// file; then set the configured mode.
+fn bind_unix(path: &Path, mode: u32) -> Result<tokio::net::UnixListener, String> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| format!("socket directory {}: {e}", dir.display()))?;
+    }
+    if path.exists() {
+        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+            return Err(format!(
+                "socket {}: another daemon is serving there",
+                path.display()
+            ));
+        }
+        std::fs::remove_file(path).map_err(|e| format!("socket {}: {e}", path.display()))?;
+    }
+    let l = tokio::net::UnixListener::bind(path)
+        .map_err(|e| format!("socket {}: {e}", path.display()))?;
+    // until this chmod the umask's mode applies, which never grants others write access
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+        .map_err(|e| format!("socket {}: {e}", path.display()))?;
+    Ok(l)
+}
+
+impl Daemon {
+    /// Open everything; any failure is a message for the operator.
+    pub async fn start(opts: Options) -> Result<Daemon, String> {
+        let config = opts.config;
+        if let Some(dir) = config
+            .journal
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty())
+        {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| format!("journal directory {}: {e}", dir.display()))?;
+        }
+        let journal = Journal::open(&config.journal)
+            .map_err(|e| format!("journal {}: {e}", config.journal.display()))?;
+        let pending = journal
+            .pending()
+            .map_err(|e| format!("journal {}: {e}", config.journal.display()))?;
+        for p in &pending {
+            tracing::warn!(
+                order = %p.order_id, kind = %p.kind, card = %p.card_number, amount_fen = p.amount_fen,
+                "pending payment from before the restart: it settles when its card is seen"
+            );
+        }
+        let (journal, journal_thread) =
+            JournalHandle::spawn(journal).map_err(|e| format!("journal thread: {e}"))?;
+        let (events, _) = broadcast::channel(256);
+        let readers = Readers::new(events.clone());
+        let state = Arc::new(State::new(
+            config.clone(),
+            journal,
+            readers.clone(),
+            opts.keys,
+            events.clone(),
+        ));
+        state.import_blacklist(&config).await?;
+        let settler = tokio::spawn(settle_on_insert(state.clone(), events.subscribe()));
+        readers.start(opts.readers).await;
+        let mut listeners = vec![Listener::Unix(bind_unix(
+            &config.socket,
+            config.socket_mode,
+        )?)];
+        let mut tcp = None;
+        if let Some(addr) = config.tcp {
+            let l = tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|e| format!("tcp {addr}: {e}"))?;
+            tcp = l.local_addr().ok();
+            listeners.push(Listener::Tcp(l));
+        }
+        Ok(Daemon {
+            state,
+            listeners,
+            socket: config.socket.clone(),
+            tcp,
+            journal_thread: Some(journal_thread),
+            settler,
+        })
+    }
+
+    pub fn state(&self) -> Arc<State> {
+        self.state.clone()
+    }
+
+    /// The Unix socket's path.
+    pub fn socket(&self) -> &Path {
+        &self.socket
+    }
+
+    /// The TCP listener's address (its real port when the configuration said 0).
+    pub fn tcp_addr(&self) -> Option<SocketAddr> {
+        self.tcp
+    }
+
+    /// Serve until `shutdown` resolves; then finish the requests in flight and the card
+    /// operations queued, close the journal and remove the socket.
+    pub async fn serve(mut self, shutdown: impl Future<Output = ()>) {
+        let listeners = std::mem::take(&mut self.listeners);
+        server::run(listeners, self.state.clone(), shutdown).await;
+        self.settler.abort();
+        self.state.readers.shutdown(SHUTDOWN_GRACE).await;
+        self.state.journal.close().await;
+        if let Some(t) = self.journal_thread.take() {
+            let _ = tokio::task::spawn_blocking(move || t.join()).await;
+        }
+        let _ = std::fs::remove_file(&self.socket);
+        tracing::info!("stopped");
+    }
+}
+
+/// Settle pending payments whenever a card is inserted.
+async fn settle_on_insert(st: Arc<State>, mut events: broadcast::Receiver<Event>) {
+    loop {
+        let reader = match events.recv().await {
+            Ok(Event::CardInserted { reader, .. }) => reader,
+            Ok(_) => continue,
+            Err(broadcast::error::RecvError::Lagged(_)) => continue,
+            Err(broadcast::error::RecvError::Closed) => return,
+        };
+        let any = st
+            .journal
+            .call(|j| j.pending().map(|p| !p.is_empty()))
+            .await
+            .unwrap_or(false);
+        let Some(r) = st.readers.get(&reader).filter(|_| any) else {
+            continue;
+        };
+        let c = methods::ctx(&st);
+        let res = r
+            .run(st.reader_wait(), move |t| {
+                Ok(ops::settle_pending(t, &c, None))
+            })
+            .await;
+        if let Ok((card, Ok(done))) = res {
+            for p in done {
+                st.audit(
+                    "sscardd",
+                    "settle",
+                    &reader,
+                    &card,
+                    &format!(
+                        "{} {} {} {} fen",
+                        p.status, p.kind, p.order_id, p.amount_fen
+                    ),
+                )
+                .await;
+            }
+        }
+    }
+}

@@ -1,0 +1,87 @@
+//! Events a connection may subscribe to (`events.subscribe`). Each is sent as a
+//! JSON-RPC notification (a request without `id`):
+//!
+//! | method | params |
+//! |---|---|
+//! | `reader.added` | `{"reader", "backend"}` |
+//! | `reader.removed` | `{"reader"}` |
+//! | `card.inserted` | `{"reader", "atr"}` |
+//! | `card.removed` | `{"reader"}` |
+//! | `payment.settled` | `{"order_id", "kind", "status"}`: a pending payment was settled |
+
+use serde_json::{json, Value};
+
+/// Something that happened.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Event {
+    ReaderAdded {
+        reader: String,
+        backend: String,
+    },
+    ReaderRemoved {
+        reader: String,
+    },
+    CardInserted {
+        reader: String,
+        atr: Vec<u8>,
+    },
+    CardRemoved {
+        reader: String,
+    },
+    PaymentSettled {
+        order_id: String,
+        kind: String,
+        status: String,
+    },
+}
+
+impl Event {
+    /// The notification's method name.
+    pub fn method(&self) -> &'static str {
+        match self {
+            Event::ReaderAdded { .. } => "reader.added",
+            Event::ReaderRemoved { .. } => "reader.removed",
+            Event::CardInserted { .. } => "card.inserted",
+            Event::CardRemoved { .. } => "card.removed",
+            Event::PaymentSettled { .. } => "payment.settled",
+        }
+    }
+
+    /// The JSON-RPC notification.
+    pub fn to_notification(&self) -> Value {
+        let params = match self {
+            Event::ReaderAdded { reader, backend } => json!({"reader": reader, "backend": backend}),
+            Event::ReaderRemoved { reader } | Event::CardRemoved { reader } => {
+                json!({"reader": reader})
+            }
+            Event::CardInserted { reader, atr } => {
+                json!({"reader": reader, "atr": hex::encode_upper(atr)})
+            }
+            Event::PaymentSettled {
+                order_id,
+                kind,
+                status,
+            } => json!({"order_id": order_id, "kind": kind, "status": status}),
+        };
+        json!({"jsonrpc": "2.0", "method": self.method(), "params": params})
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn notifications_have_no_id() {
+        let n = Event::CardInserted {
+            reader: "r".into(),
+            atr: vec![0x3B, 0x6A],
+        }
+        .to_notification();
+        assert_eq!(
+            n,
+            json!({"jsonrpc": "2.0", "method": "card.inserted", "params": {"reader": "r", "atr": "3B6A"}})
+        );
+        assert!(n.get("id").is_none());
+    }
+}

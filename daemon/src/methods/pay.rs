@@ -1,0 +1,220 @@
+//! `pay.debit`, `pay.query`, `pay.refund`.
+//!
+//! Idempotency on `order_id`: a `pay.debit` for an order the journal has returns the
+//! recorded payment when the amount is the same and the card in the reader is the
+//! order's (settling it first if it was pending); another amount or card gets
+//! `DUPLICATE_ORDER`. A repeat with no card anywhere returns a completed or failed
+//! payment as recorded, and `TRANSACTION_UNCERTAIN` for a pending one.
+
+use super::params::Params;
+use super::{ctx, on_card, outcome};
+use crate::config::Operator;
+use crate::error::ApiError;
+use crate::journal::Payment;
+use crate::ops::{self, DebitRequest, RefundRequest};
+use crate::session::Role;
+use crate::state::State;
+use serde_json::{json, Value};
+use sscard_driver::keys::KeyPurpose;
+use std::sync::Arc;
+
+fn summary(p: &Payment) -> String {
+    format!(
+        "{} {} {} {} fen txn {}",
+        p.status, p.kind, p.order_id, p.amount_fen, p.txn_id
+    )
+}
+
+async fn recorded(st: &State, order: &str, kind: &str) -> Result<Option<Payment>, ApiError> {
+    let (o, k) = (order.to_string(), kind.to_string());
+    st.journal
+        .call(move |j| j.payment(&o, &k))
+        .await
+        .map_err(ApiError::journal)
+}
+
+/// Try every reader holding a card to settle a pending payment; the payment as it is
+/// afterwards.
+async fn settle(st: &Arc<State>, op: &Operator, p: Payment) -> Payment {
+    for r in st.readers.list().into_iter().filter(|r| r.presence().0) {
+        let c = ctx(st);
+        let (o, k) = (p.order_id.clone(), p.kind.clone());
+        let res = r
+            .run(st.reader_wait(), move |t| {
+                Ok(ops::settle_pending(t, &c, Some((&o, &k))))
+            })
+            .await;
+        if let Ok((card, Ok(done))) = res {
+            if let Some(s) = done.into_iter().next() {
+                st.audit(&op.name, "settle", &r.name, &card, &summary(&s))
+                    .await;
+                return s;
+            }
+        }
+    }
+    p
+}
+
+fn uncertain(p: &Payment) -> ApiError {
+    ApiError::kind(
+        "TRANSACTION_UNCERTAIN",
+        format!(
+            "order {} is pending: present its card to settle it",
+            p.order_id
+        ),
+    )
+    .with(json!({"payment": p.to_json()}))
+}
+
+/// `pay.debit`.
+pub async fn debit(st: &Arc<State>, op: &Operator, p: &Params<'_>) -> Result<Value, ApiError> {
+    p.only(&["order_id", "amount_fen", "pin", "reader"])?;
+    let order = p.order_id("order_id")?;
+    let amount = p.fen("amount_fen")?;
+    let pin = p.pin("pin")?;
+    let reader = p.opt_str("reader")?;
+    if let Some(e) = recorded(st, &order, "debit").await? {
+        if e.amount_fen != i64::from(amount) {
+            let err = ApiError::kind(
+                "DUPLICATE_ORDER",
+                format!(
+                    "order {order} exists with {} fen, not {amount}",
+                    e.amount_fen
+                ),
+            );
+            st.audit(
+                &op.name,
+                "pay.debit",
+                reader.unwrap_or(""),
+                &e.card_number,
+                &outcome::<()>(&Err(err.clone()), |_| String::new()),
+            )
+            .await;
+            return Err(err);
+        }
+        if st.readers.pick(reader).is_err() {
+            // no card to compare: the record answers (no money moves either way)
+            return match e.status.as_str() {
+                "pending" => Err(uncertain(&e)),
+                _ => Ok(e.to_json()),
+            };
+        }
+        let again = e.clone();
+        let p = on_card(
+            st,
+            op,
+            "pay.debit",
+            reader,
+            move |c, x| ops::debit_again(c, x, again),
+            |p| format!("repeat: {}", summary(p)),
+        )
+        .await?;
+        return match p.status.as_str() {
+            "pending" => Err(uncertain(&p)),
+            _ => Ok(p.to_json()),
+        };
+    }
+    let req = DebitRequest {
+        order_id: order,
+        amount,
+        pin,
+        operator: op.name.clone(),
+    };
+    let p = on_card(
+        st,
+        op,
+        "pay.debit",
+        reader,
+        move |c, x| ops::debit(c, x, req),
+        summary,
+    )
+    .await?;
+    Ok(p.to_json())
+}
+
+/// `pay.query`: the debit of an order (or its refund with `"kind": "refund"`); a
+/// pending one is settled first if its card is in a reader (not for auditors, who never
+/// touch a card).
+pub async fn query(st: &Arc<State>, op: &Operator, p: &Params<'_>) -> Result<Value, ApiError> {
+    p.only(&["order_id", "kind"])?;
+    let order = p.order_id("order_id")?;
+    let kind = p.opt_str("kind")?.unwrap_or("debit");
+    if kind != "debit" && kind != "refund" {
+        return Err(ApiError::params("kind: debit or refund"));
+    }
+    let pay = recorded(st, &order, kind)
+        .await?
+        .ok_or_else(|| ApiError::params(format!("order_id: no {kind} for order {order:?}")))?;
+    // an auditor never touches a card: they see the record as it is
+    let pay = if pay.status == "pending" && op.role != Role::Auditor {
+        settle(st, op, pay).await
+    } else {
+        pay
+    };
+    st.audit(&op.name, "pay.query", "", &pay.card_number, &summary(&pay))
+        .await;
+    Ok(pay.to_json())
+}
+
+/// `pay.refund`: money back on the card of a completed debit (purse load, card profile
+/// §7). One refund per order, of the whole amount or less.
+pub async fn refund(st: &Arc<State>, op: &Operator, p: &Params<'_>) -> Result<Value, ApiError> {
+    p.only(&["order_id", "amount_fen", "pin", "reader"])?;
+    let order = p.order_id("order_id")?;
+    let amount = p.opt_fen("amount_fen")?;
+    let pin = p.pin("pin")?;
+    let reader = p.opt_str("reader")?;
+    if !st.keys.supports(KeyPurpose::Load) {
+        let e = ApiError::kind(
+            "NOT_SUPPORTED",
+            "refunds need the LOAD key, which this terminal's keys do not include",
+        );
+        st.audit(
+            &op.name,
+            "pay.refund",
+            reader.unwrap_or(""),
+            "",
+            &outcome::<()>(&Err(e.clone()), |_| String::new()),
+        )
+        .await;
+        return Err(e);
+    }
+    let original = recorded(st, &order, "debit")
+        .await?
+        .ok_or_else(|| ApiError::params(format!("order_id: no debit for order {order:?}")))?;
+    match original.status.as_str() {
+        "completed" => {}
+        "pending" => return Err(uncertain(&original)),
+        _ => {
+            return Err(ApiError::params(format!(
+                "order_id: the debit of order {order:?} failed; there is nothing to refund"
+            )))
+        }
+    }
+    let amount = amount.unwrap_or(u32::try_from(original.amount_fen).unwrap_or(0));
+    if i64::from(amount) > original.amount_fen {
+        return Err(ApiError::params(format!(
+            "amount_fen: {amount} is more than the order's {} fen",
+            original.amount_fen
+        )));
+    }
+    let req = RefundRequest {
+        original,
+        amount,
+        pin,
+        operator: op.name.clone(),
+    };
+    let p = on_card(
+        st,
+        op,
+        "pay.refund",
+        reader,
+        move |c, x| ops::refund(c, x, req),
+        summary,
+    )
+    .await?;
+    match p.status.as_str() {
+        "pending" => Err(uncertain(&p)),
+        _ => Ok(p.to_json()),
+    }
+}

@@ -1,0 +1,44 @@
+//! `settle.day`: the day's payments and their totals.
+
+use super::params::Params;
+use crate::config::Operator;
+use crate::error::ApiError;
+use crate::journal::Payment;
+use crate::state::State;
+use serde_json::{json, Value};
+use std::sync::Arc;
+
+/// `settle.day {"date"}`: counts and totals of the day's completed debits and refunds
+/// (and, beyond api.md, `pending_count`), and every payment of the day.
+pub async fn day(st: &Arc<State>, op: &Operator, p: &Params<'_>) -> Result<Value, ApiError> {
+    p.only(&["date"])?;
+    let date = p.date("date")?.to_string();
+    let d = date.clone();
+    let list = st
+        .journal
+        .call(move |j| j.day(&d))
+        .await
+        .map_err(ApiError::journal)?;
+    let done = |k: &'static str| {
+        list.iter()
+            .filter(move |x| x.kind == k && x.status == "completed")
+    };
+    let v = json!({
+        "date": date,
+        "count": done("debit").count(),
+        "total_fen": done("debit").map(|x| x.amount_fen).sum::<i64>(),
+        "refund_count": done("refund").count(),
+        "refund_total_fen": done("refund").map(|x| x.amount_fen).sum::<i64>(),
+        "pending_count": list.iter().filter(|x| x.status == "pending").count(),
+        "transactions": list.iter().map(Payment::to_json).collect::<Vec<_>>(),
+    });
+    st.audit(
+        &op.name,
+        "settle.day",
+        "",
+        "",
+        &format!("ok {date}: {} debits, {} fen", v["count"], v["total_fen"]),
+    )
+    .await;
+    Ok(v)
+}

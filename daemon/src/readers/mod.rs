@@ -1,0 +1,470 @@
+//! Readers: one task owns each reader and its card transport; API requests for a
+//! reader queue to that task in arrival order and wait at most the configured limit for
+//! their turn (then `READER_BUSY`).
+//!
+//! A job is a closure run with `&mut dyn CardTransport`, so card operations are plain
+//! blocking functions. The reader task hands its transport to a blocking thread for the
+//! duration of each job (PC/SC calls block) and takes it back after, so one job runs at a
+//! time per reader and nothing interleaves with it. Once a job has started it runs to the
+//! end, whatever happens to the caller (a client that disconnects mid-debit does not cut
+//! the debit short).
+//!
+//! Readers come and go at run time: a [`ReaderSource`] (PC/SC or simulated) runs on its
+//! own thread and reports them; [`Readers`] keeps the list, the card presence and
+//! broadcasts [`Event`]s.
+
+pub mod pcsc;
+pub mod sim;
+pub mod source;
+
+use crate::error::{from_driver, ApiError};
+use crate::events::Event;
+use source::{Connector, LivePresence, ReaderSource, SourceEvent};
+use sscard_driver::transport::{CardTransport, TransportError};
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+use tokio::sync::{broadcast, mpsc, oneshot};
+
+const WAITING: u8 = 0;
+const STARTED: u8 = 1;
+const CANCELLED: u8 = 2;
+
+type JobFn = Box<dyn FnOnce(Result<&mut dyn CardTransport, TransportError>) + Send>;
+
+struct Job {
+    state: Arc<AtomicU8>,
+    run: JobFn,
+}
+
+/// A reader as the rest of the daemon sees it (cheap to clone).
+#[derive(Clone)]
+pub struct ReaderHandle {
+    pub name: String,
+    pub backend: &'static str,
+    jobs: mpsc::UnboundedSender<Job>,
+    tracked: Arc<Mutex<(bool, Vec<u8>)>>,
+    live: Option<LivePresence>,
+}
+
+impl std::fmt::Debug for ReaderHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReaderHandle")
+            .field("name", &self.name)
+            .field("backend", &self.backend)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ReaderHandle {
+    /// Whether a card is in the reader, and its ATR.
+    pub fn presence(&self) -> (bool, Vec<u8>) {
+        match &self.live {
+            Some(f) => f(),
+            None => self.tracked.lock().map(|g| g.clone()).unwrap_or_default(),
+        }
+    }
+
+    /// Run `f` with this reader's card, after the jobs queued before it. If its turn
+    /// has not come within `wait`, it is withdrawn and the answer is `READER_BUSY`; once
+    /// started it runs to the end.
+    pub async fn run<R: Send + 'static>(
+        &self,
+        wait: Duration,
+        f: impl FnOnce(&mut dyn CardTransport) -> Result<R, ApiError> + Send + 'static,
+    ) -> Result<R, ApiError> {
+        let (otx, mut orx) = oneshot::channel();
+        let state = Arc::new(AtomicU8::new(WAITING));
+        let job = Job {
+            state: state.clone(),
+            run: Box::new(move |card| {
+                let r = match card {
+                    Ok(c) => f(c),
+                    Err(e) => Err(from_driver(&e)),
+                };
+                let _ = otx.send(r);
+            }),
+        };
+        let gone = || ApiError::kind("NO_READER", "the reader went away");
+        self.jobs.send(job).map_err(|_| gone())?;
+        tokio::select! {
+            r = &mut orx => return r.unwrap_or_else(|_| Err(gone())),
+            _ = tokio::time::sleep(wait) => {}
+        }
+        if state
+            .compare_exchange(WAITING, CANCELLED, Ordering::SeqCst, Ordering::SeqCst)
+            .is_ok()
+        {
+            return Err(ApiError::kind(
+                "READER_BUSY",
+                format!(
+                    "reader {} stayed busy for {} ms",
+                    self.name,
+                    wait.as_millis()
+                ),
+            ));
+        }
+        orx.await.unwrap_or_else(|_| Err(gone()))
+    }
+}
+
+/// The transport of one reader, (re)connected as needed.
+struct Slot {
+    connector: Box<dyn Connector>,
+    transport: Option<Box<dyn CardTransport>>,
+}
+
+impl Slot {
+    /// The connected card: the current connection if its card is still there, else a
+    /// reset (a new card in a PC/SC-like reader), else a new connection.
+    fn ensure(&mut self) -> Result<&mut dyn CardTransport, TransportError> {
+        let healthy = match self.transport.as_mut() {
+            Some(t) => match t.status() {
+                Ok(s) if s.present => true,
+                _ => t.reset().is_ok(),
+            },
+            None => false,
+        };
+        if !healthy {
+            self.transport = None;
+            self.transport = Some(self.connector.connect()?);
+        }
+        match self.transport.as_mut() {
+            Some(t) => Ok(t.as_mut()),
+            None => Err(TransportError::NoCard),
+        }
+    }
+}
+
+async fn reader_task(
+    name: String,
+    connector: Box<dyn Connector>,
+    mut jobs: mpsc::UnboundedReceiver<Job>,
+) {
+    let mut slot = Some(Slot {
+        connector,
+        transport: None,
+    });
+    while let Some(job) = jobs.recv().await {
+        if job
+            .state
+            .compare_exchange(WAITING, STARTED, Ordering::SeqCst, Ordering::SeqCst)
+            .is_err()
+        {
+            continue; // its caller gave up waiting
+        }
+        let Some(mut s) = slot.take() else { break };
+        let r = tokio::task::spawn_blocking(move || {
+            let run = job.run;
+            let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                run(s.ensure());
+            }));
+            if outcome.is_err() {
+                // the caller sees its answer channel dropped; start afresh
+                s.transport = None;
+            }
+            (s, outcome.is_err())
+        })
+        .await;
+        match r {
+            Ok((s, panicked)) => {
+                if panicked {
+                    tracing::error!(reader = %name, "a card job panicked");
+                }
+                slot = Some(s);
+            }
+            Err(e) => {
+                tracing::error!(reader = %name, "reader task lost its transport: {e}");
+                break;
+            }
+        }
+    }
+    tracing::debug!(reader = %name, "reader task ends");
+}
+
+/// The readers there are now.
+pub struct Readers {
+    map: RwLock<BTreeMap<String, ReaderHandle>>,
+    events: broadcast::Sender<Event>,
+    tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+    stop: Arc<AtomicBool>,
+}
+
+impl Readers {
+    /// An empty list; `events` is where reader and card events are broadcast.
+    pub fn new(events: broadcast::Sender<Event>) -> Arc<Readers> {
+        Arc::new(Readers {
+            map: RwLock::new(BTreeMap::new()),
+            events,
+            tasks: Mutex::new(Vec::new()),
+            stop: Arc::new(AtomicBool::new(false)),
+        })
+    }
+
+    /// Every reader, by name.
+    pub fn list(&self) -> Vec<ReaderHandle> {
+        self.map
+            .read()
+            .map(|m| m.values().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    pub fn get(&self, name: &str) -> Option<ReaderHandle> {
+        self.map.read().ok().and_then(|m| m.get(name).cloned())
+    }
+
+    /// The reader a call names, or else the only one holding a card.
+    pub fn pick(&self, name: Option<&str>) -> Result<ReaderHandle, ApiError> {
+        if let Some(n) = name {
+            return self
+                .get(n)
+                .ok_or_else(|| ApiError::kind("NO_READER", format!("no reader named {n:?}")));
+        }
+        let list = self.list();
+        if list.is_empty() {
+            return Err(ApiError::kind("NO_READER", "no reader is connected"));
+        }
+        let mut with: Vec<ReaderHandle> = list.into_iter().filter(|r| r.presence().0).collect();
+        match with.len() {
+            0 => Err(ApiError::kind("NO_CARD", "no reader holds a card")),
+            1 => with
+                .pop()
+                .ok_or_else(|| ApiError::kind("NO_CARD", "no reader holds a card")),
+            n => Err(ApiError::kind(
+                "AMBIGUOUS_READER",
+                format!("{n} readers hold a card; name one with \"reader\""),
+            )),
+        }
+    }
+
+    fn apply(&self, e: SourceEvent) {
+        let event = match e {
+            SourceEvent::ReaderAdded {
+                name,
+                backend,
+                connector,
+                live,
+            } => {
+                let (tx, rx) = mpsc::unbounded_channel();
+                let task = tokio::spawn(reader_task(name.clone(), connector, rx));
+                if let Ok(mut t) = self.tasks.lock() {
+                    t.retain(|h| !h.is_finished());
+                    t.push(task);
+                }
+                let h = ReaderHandle {
+                    name: name.clone(),
+                    backend,
+                    jobs: tx,
+                    tracked: Arc::new(Mutex::new((false, Vec::new()))),
+                    live,
+                };
+                if let Ok(mut m) = self.map.write() {
+                    m.insert(name.clone(), h);
+                }
+                tracing::info!(reader = %name, backend, "reader added");
+                Event::ReaderAdded {
+                    reader: name,
+                    backend: backend.to_string(),
+                }
+            }
+            SourceEvent::ReaderRemoved(name) => {
+                if let Ok(mut m) = self.map.write() {
+                    m.remove(&name);
+                }
+                tracing::info!(reader = %name, "reader removed");
+                Event::ReaderRemoved { reader: name }
+            }
+            SourceEvent::CardInserted { reader, atr } => {
+                if let Some(h) = self.get(&reader) {
+                    if let Ok(mut g) = h.tracked.lock() {
+                        *g = (true, atr.clone());
+                    }
+                }
+                Event::CardInserted { reader, atr }
+            }
+            SourceEvent::CardRemoved { reader } => {
+                if let Some(h) = self.get(&reader) {
+                    if let Ok(mut g) = h.tracked.lock() {
+                        *g = (false, Vec::new());
+                    }
+                }
+                Event::CardRemoved { reader }
+            }
+        };
+        let _ = self.events.send(event);
+    }
+
+    /// Take readers from `source`: its first report is applied before this returns
+    /// (so the readers there are at start are known), the rest as they come.
+    pub async fn start(self: &Arc<Self>, mut source: Box<dyn ReaderSource>) {
+        let first = tokio::task::spawn_blocking(move || {
+            let r = source.poll(Duration::ZERO);
+            (source, r)
+        })
+        .await;
+        let Ok((mut source, first)) = first else {
+            tracing::error!("reader source panicked at start");
+            return;
+        };
+        match first {
+            Ok(ev) => ev.into_iter().for_each(|e| self.apply(e)),
+            Err(e) => tracing::warn!("readers: {e}; retrying"),
+        }
+        let (tx, mut rx) = mpsc::unbounded_channel::<SourceEvent>();
+        let stop = self.stop.clone();
+        let spawned = std::thread::Builder::new()
+            .name("reader source".into())
+            .spawn(move || {
+                let mut last_error = String::new();
+                while !stop.load(Ordering::Relaxed) {
+                    match source.poll(Duration::from_millis(250)) {
+                        Ok(ev) => {
+                            last_error.clear();
+                            for e in ev {
+                                if tx.send(e).is_err() {
+                                    return;
+                                }
+                            }
+                        }
+                        Err(e) => {
+                            let m = e.to_string();
+                            if m != last_error {
+                                tracing::warn!("readers: {m}; retrying");
+                                last_error = m;
+                            }
+                            std::thread::sleep(Duration::from_secs(1));
+                        }
+                    }
+                }
+            });
+        if let Err(e) = spawned {
+            tracing::error!("cannot start the reader source thread: {e}");
+            return;
+        }
+        let me = Arc::downgrade(self);
+        tokio::spawn(async move {
+            while let Some(e) = rx.recv().await {
+                match me.upgrade() {
+                    Some(r) => r.apply(e),
+                    None => break,
+                }
+            }
+        });
+    }
+
+    /// Stop taking readers, let every queued job finish (at most `grace`), and end the
+    /// reader tasks.
+    pub async fn shutdown(&self, grace: Duration) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Ok(mut m) = self.map.write() {
+            m.clear(); // drops the job senders: each task ends after its queue
+        }
+        let tasks: Vec<_> = self
+            .tasks
+            .lock()
+            .map(|mut t| t.drain(..).collect())
+            .unwrap_or_default();
+        let all = futures_join(tasks);
+        if tokio::time::timeout(grace, all).await.is_err() {
+            tracing::warn!("a card operation did not finish within {grace:?} of shutdown");
+        }
+    }
+}
+
+async fn futures_join(tasks: Vec<tokio::task::JoinHandle<()>>) {
+    for t in tasks {
+        let _ = t.await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sscard_firmware_tests::card::EmulatedCard;
+
+    async fn readers_with(sim: &sim::SimControl) -> Arc<Readers> {
+        let (tx, _) = broadcast::channel(16);
+        let r = Readers::new(tx);
+        r.start(Box::new(sim.source())).await;
+        r
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn jobs_queue_in_order_and_time_out_as_busy() {
+        let sim = sim::SimControl::new();
+        sim.add_reader_with_card("r", Box::new(EmulatedCard::default_test_card()));
+        let readers = readers_with(&sim).await;
+        let r = readers.pick(None).unwrap();
+        let order = Arc::new(Mutex::new(Vec::new()));
+        let slow = {
+            let (r, o) = (r.clone(), order.clone());
+            tokio::spawn(async move {
+                r.run(Duration::from_secs(5), move |_| {
+                    std::thread::sleep(Duration::from_millis(300));
+                    o.lock().unwrap().push(1);
+                    Ok(())
+                })
+                .await
+            })
+        };
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let o = order.clone();
+        let busy = r
+            .run(Duration::from_millis(50), move |_| {
+                o.lock().unwrap().push(2);
+                Ok(())
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(busy.kind, Some("READER_BUSY"));
+        let o = order.clone();
+        r.run(Duration::from_secs(5), move |_| {
+            o.lock().unwrap().push(3);
+            Ok(())
+        })
+        .await
+        .unwrap();
+        slow.await.unwrap().unwrap();
+        assert_eq!(
+            *order.lock().unwrap(),
+            [1, 3],
+            "the withdrawn job never ran"
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn picking_readers() {
+        let sim = sim::SimControl::new();
+        let readers = readers_with(&sim).await;
+        assert_eq!(readers.pick(None).unwrap_err().kind, Some("NO_READER"));
+        sim.add_reader("a");
+        sim.add_reader("b");
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        assert_eq!(readers.pick(None).unwrap_err().kind, Some("NO_CARD"));
+        assert_eq!(readers.pick(Some("c")).unwrap_err().kind, Some("NO_READER"));
+        sim.slot("a")
+            .unwrap()
+            .insert(Box::new(EmulatedCard::default_test_card()));
+        assert_eq!(readers.pick(None).unwrap().name, "a");
+        sim.slot("b")
+            .unwrap()
+            .insert(Box::new(EmulatedCard::default_test_card()));
+        assert_eq!(
+            readers.pick(None).unwrap_err().kind,
+            Some("AMBIGUOUS_READER")
+        );
+        // a named reader without a card: the job is told so
+        sim.slot("b").unwrap().remove();
+        let e = readers
+            .pick(Some("b"))
+            .unwrap()
+            .run(Duration::from_secs(1), |c| {
+                sscard_driver::Transaction::begin(c).map_err(|e| from_driver(&e))?;
+                Ok(())
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(e.kind, Some("NO_CARD"));
+    }
+}

@@ -1,0 +1,139 @@
+//! What every connection and card job shares.
+
+use crate::config::Config;
+use crate::events::Event;
+use crate::journal::{parse_blacklist, JournalHandle};
+use crate::keys::KeySource;
+use crate::readers::Readers;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+use tokio::sync::broadcast;
+
+/// The daemon's shared state.
+pub struct State {
+    config: RwLock<Arc<Config>>,
+    pub journal: JournalHandle,
+    pub readers: Arc<Readers>,
+    pub keys: Arc<KeySource>,
+    pub events: broadcast::Sender<Event>,
+    pub started: Instant,
+}
+
+impl State {
+    pub fn new(
+        config: Config,
+        journal: JournalHandle,
+        readers: Arc<Readers>,
+        keys: KeySource,
+        events: broadcast::Sender<Event>,
+    ) -> State {
+        State {
+            config: RwLock::new(Arc::new(config)),
+            journal,
+            readers,
+            keys: Arc::new(keys),
+            events,
+            started: Instant::now(),
+        }
+    }
+
+    /// The configuration in force now.
+    pub fn config(&self) -> Arc<Config> {
+        match self.config.read() {
+            Ok(c) => c.clone(),
+            Err(p) => p.into_inner().clone(),
+        }
+    }
+
+    /// How long a request waits for its reader.
+    pub fn reader_wait(&self) -> Duration {
+        Duration::from_millis(self.config().reader_wait_ms)
+    }
+
+    /// Apply a re-read configuration (`SIGHUP`): operators, limits, waits and the
+    /// blacklist file take effect now; what needs a restart is kept and a warning
+    /// names it.
+    pub async fn reload(&self, mut new: Config) -> Result<(), String> {
+        let old = self.config();
+        let mut kept = Vec::new();
+        if new.socket != old.socket || new.socket_mode != old.socket_mode || new.tcp != old.tcp {
+            kept.push("socket, socket_mode, tcp");
+            new.socket = old.socket.clone();
+            new.socket_mode = old.socket_mode;
+            new.tcp = old.tcp;
+        }
+        if new.journal != old.journal {
+            kept.push("journal");
+            new.journal = old.journal.clone();
+        }
+        if new.keys != old.keys
+            || new.terminal_id != old.terminal_id
+            || new.region != old.region
+            || new.test_mode != old.test_mode
+        {
+            kept.push("keys, terminal_id, region, test_mode");
+            new.keys = old.keys.clone();
+            new.terminal_id = old.terminal_id;
+            new.region = old.region;
+            new.test_mode = old.test_mode;
+        }
+        if new.max_connections != old.max_connections {
+            kept.push("max_connections");
+            new.max_connections = old.max_connections;
+        }
+        if !kept.is_empty() {
+            tracing::warn!("reload: {} changed; restart to apply", kept.join("; "));
+        }
+        self.import_blacklist(&new).await?;
+        match self.config.write() {
+            Ok(mut c) => *c = Arc::new(new),
+            Err(p) => *p.into_inner() = Arc::new(new),
+        }
+        Ok(())
+    }
+
+    /// Import the configuration's blacklist file (replacing what it imported before).
+    pub async fn import_blacklist(&self, config: &Config) -> Result<(), String> {
+        let Some(path) = &config.blacklist_file else {
+            return Ok(());
+        };
+        let text = tokio::fs::read_to_string(path)
+            .await
+            .map_err(|e| format!("blacklist_file {}: {e}", path.display()))?;
+        let entries = parse_blacklist(&text)
+            .map_err(|e| format!("blacklist_file {}: {e}", path.display()))?;
+        let n = entries.len();
+        self.journal
+            .call(move |j| j.blacklist_import(&entries))
+            .await
+            .map_err(|e| format!("blacklist import: {e}"))?;
+        tracing::info!("blacklist file {}: {n} entries", path.display());
+        Ok(())
+    }
+
+    /// Append to the audit log; a failure is logged (the call's answer stands).
+    pub async fn audit(
+        &self,
+        operator: &str,
+        method: &str,
+        reader: &str,
+        card: &str,
+        outcome: &str,
+    ) {
+        let (op, m, r, c, o) = (
+            operator.to_string(),
+            method.to_string(),
+            reader.to_string(),
+            card.to_string(),
+            outcome.to_string(),
+        );
+        let t = chrono::Local::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, false);
+        if let Err(e) = self
+            .journal
+            .call(move |j| j.audit(&t, &op, &m, &r, &c, &o))
+            .await
+        {
+            tracing::error!("audit log write failed ({method} by {operator}): {e}");
+        }
+    }
+}
