@@ -388,3 +388,57 @@ fn purchase_through_a_psam() {
         serde_json::from_str(&std::fs::read_to_string(&psam_img).unwrap()).unwrap();
     assert_eq!(saved["terminal_seq"], seqs[1] + 1);
 }
+
+/// Recovery after the card was used again before it: a later purchase replaced the
+/// proof (our debit committed) or reused the counter (ours did not). Neither may be
+/// settled the wrong way.
+#[test]
+fn tear_recovery_after_a_later_purchase() {
+    for commit in [true, false] {
+        let dir = tempfile::tempdir().unwrap();
+        let img = dir.path().join("card.json");
+        let tear = if commit {
+            "54:1:commit"
+        } else {
+            "54:1:nocommit"
+        };
+        let v = Vcard::start(&[
+            "--image",
+            img.to_str().unwrap(),
+            "--tear-after",
+            tear,
+            "--reinsert-ms",
+            "200",
+        ]);
+        let mut card = v.connect();
+        let mut keys = pharmacy();
+        let (counter, id) = {
+            let mut tx = Transaction::begin(&mut card).unwrap();
+            let id = app::read_card(&mut tx).unwrap().card_id;
+            app::verify_pin(&mut tx, &pin("123456")).unwrap();
+            let p = app::initialize_purchase(&mut tx, &mut keys, &id, 700, when()).unwrap();
+            assert!(p.debit(&mut tx, &mut keys).is_err());
+            (p.counter, id)
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while card.reset().map(|a| a.is_empty()).unwrap_or(true) {
+            assert!(Instant::now() < deadline, "card never came back");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let mut tx = Transaction::begin(&mut card).unwrap();
+        app::read_card(&mut tx).unwrap();
+        app::verify_pin(&mut tx, &pin("123456")).unwrap();
+        let later = app::initialize_purchase(&mut tx, &mut keys, &id, 300, when()).unwrap();
+        later.debit(&mut tx, &mut keys).unwrap();
+        assert_eq!(later.counter, if commit { counter + 1 } else { counter });
+        let r = app::recover_purchase(&mut tx, counter, 700, &keys.terminal_id()).unwrap();
+        let bal = app::balance(&mut tx).unwrap();
+        if commit {
+            assert_eq!(r, Recovery::HappenedWithoutProof);
+            assert_eq!(bal, 100_000 - 700 - 300);
+        } else {
+            assert_eq!(r, Recovery::NotHappened);
+            assert_eq!(bal, 100_000 - 300);
+        }
+    }
+}

@@ -229,15 +229,22 @@ impl PreparedPurchase {
 pub enum Recovery {
     /// The card committed it; the TAC is the card's.
     Happened { tac: String },
+    /// The card committed it (its log holds it), but a later purchase replaced the
+    /// proof, so the card can no longer give its TAC.
+    HappenedWithoutProof,
     /// The card did not commit it.
     NotHappened,
+    /// The card cannot tell any more: its log (ten records) no longer reaches back to
+    /// that counter. The payment must stay pending for manual settlement.
+    Unknown,
 }
 
 /// Decide whether the purchase that used `counter` for `amount` happened (§6 step 4):
-/// GET TRANSACTION PROOF for that counter gives its TAC (`9406`: no purchase used that
-/// counter last); the newest log record must then hold the same counter, amount and
-/// terminal, so a proof is never taken for another purchase. The application must be
-/// selected.
+/// GET TRANSACTION PROOF for that counter gives its TAC, and the newest log record must
+/// then hold the same counter, amount and terminal, so a proof is never taken for
+/// another purchase. `9406` (no proof for that counter) is settled by the log, which a
+/// later purchase may have pushed past the counter: then [`Recovery::Unknown`]. The
+/// application must be selected.
 pub fn recover_purchase(
     tx: &mut Transaction<'_>,
     counter: u16,
@@ -259,15 +266,39 @@ pub fn recover_purchase(
                         tac: hex::encode_upper(&r.data[..4]),
                     })
                 }
+                // the counter was committed once, by another purchase: ours never was
+                Some(l) if l.counter == counter && l.kind == TXN_PURCHASE => {
+                    Ok(Recovery::NotHappened)
+                }
                 _ => Err(AppError::BadInput(format!(
                     "card proof for counter {counter} does not match its log"
                 ))),
             }
         }
         StatusWord::MacNotAvailable => {
-            // no purchase used that counter last: did a later one? then ours did not
-            // happen either, as the counter the card reported was consumed only by a commit
-            Ok(Recovery::NotHappened)
+            // no proof for that counter: either ours never committed, or a later
+            // purchase replaced the proof. The log decides: a purchase record with that
+            // counter, amount and terminal is ours; if the log still reaches back to the
+            // counter and holds no such record, ours did not happen.
+            let log = transaction_log(tx)?;
+            let ours = log.iter().any(|l| {
+                l.kind == TXN_PURCHASE
+                    && l.counter == counter
+                    && l.amount == amount
+                    && l.terminal_id == terminal_id.to_hex()
+            });
+            let reaches_back = log.len() < 10
+                || log
+                    .iter()
+                    .filter(|l| l.kind == TXN_PURCHASE)
+                    .any(|l| l.counter <= counter);
+            Ok(if ours {
+                Recovery::HappenedWithoutProof
+            } else if reaches_back {
+                Recovery::NotHappened
+            } else {
+                Recovery::Unknown
+            })
         }
         StatusWord::ConditionsNotSatisfied => Err(AppError::Blocked),
         sw => Err(AppError::Card(sw)),
