@@ -480,30 +480,36 @@ fn debit_card(
                 }
                 Ok(p)
             }
-            Err(e @ AppError::Uncertain { .. }) => {
-                Err(from_driver(&e).with(json!({"payment": p.to_json()})))
-            }
-            Err(e) => {
-                // the card answered: find out from it whether it committed
-                let err = from_driver(&e);
-                match recover(tx, &p) {
-                    Ok(Some(s)) => {
-                        record(ctx, &s)?;
-                        if s.status == "failed" {
-                            Err(err)
-                        } else {
-                            Err(err.with(json!({"payment": s.to_json()})))
-                        }
-                    }
-                    _ => Err(ApiError::kind(
-                        "TRANSACTION_UNCERTAIN",
-                        format!("{}; the outcome is not known yet", err.message),
-                    )
-                    .with(json!({"payment": p.to_json()}))),
-                }
-            }
+            Err(e) => Err(card_error(tx, ctx, &p, e)),
         }
     })
+}
+
+/// The card's error after the journaled DEBIT or CREDIT of `p`. When the link was lost
+/// the outcome is uncertain; when the card answered, it is asked whether it committed,
+/// and the journal records what it says.
+fn card_error(tx: &mut Transaction<'_>, ctx: &Ctx, p: &Payment, e: AppError) -> ApiError {
+    let err = from_driver(&e);
+    if matches!(e, AppError::Uncertain { .. }) {
+        return err.with(json!({"payment": p.to_json()}));
+    }
+    match recover(tx, p) {
+        Ok(Some(s)) => {
+            if let Err(j) = record(ctx, &s) {
+                return j;
+            }
+            if s.status == "failed" {
+                err
+            } else {
+                err.with(json!({"payment": s.to_json()}))
+            }
+        }
+        _ => ApiError::kind(
+            "TRANSACTION_UNCERTAIN",
+            format!("{}; the outcome is not known yet", err.message),
+        )
+        .with(json!({"payment": p.to_json()})),
+    }
 }
 
 fn duplicate(p: &Payment) -> ApiError {
@@ -643,27 +649,7 @@ fn refund_card(
             }
             Ok(p)
         }
-        Err(e @ AppError::Uncertain { .. }) => {
-            Err(from_driver(&e).with(json!({"payment": p.to_json()})))
-        }
-        Err(e) => {
-            let err = from_driver(&e);
-            match recover(tx, &p) {
-                Ok(Some(s)) => {
-                    record(ctx, &s)?;
-                    if s.status == "failed" {
-                        Err(err)
-                    } else {
-                        Err(err.with(json!({"payment": s.to_json()})))
-                    }
-                }
-                _ => Err(ApiError::kind(
-                    "TRANSACTION_UNCERTAIN",
-                    format!("{}; the outcome is not known yet", err.message),
-                )
-                .with(json!({"payment": p.to_json()}))),
-            }
-        }
+        Err(e) => Err(card_error(tx, ctx, &p, e)),
     }
 }
 
