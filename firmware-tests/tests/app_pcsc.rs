@@ -224,43 +224,60 @@ fn amounts_and_pin_rules_of_the_purse() {
     assert_eq!(app::balance(&mut tx).unwrap(), 2000);
 }
 
+/// A card whose first DEBIT tears (after committing it, or before), back in the reader:
+/// the vcard (kept alive), its connection, the terminal keys, the torn purchase's
+/// counter and the card id. The image lives in `dir`.
+fn torn_purchase(
+    dir: &std::path::Path,
+    commit: bool,
+) -> (
+    Vcard,
+    sscard_driver::transport::pcsc::PcscCard,
+    SoftwareKeys,
+    u16,
+    CardId,
+) {
+    let img = dir.join("card.json");
+    let tear = if commit {
+        "54:1:commit"
+    } else {
+        "54:1:nocommit"
+    };
+    let v = Vcard::start(&[
+        "--image",
+        img.to_str().unwrap(),
+        "--tear-after",
+        tear,
+        "--reinsert-ms",
+        "200",
+    ]);
+    let mut card = v.connect();
+    let mut keys = pharmacy();
+    let (counter, id) = {
+        let mut tx = Transaction::begin(&mut card).unwrap();
+        let id = app::read_card(&mut tx).unwrap().card_id;
+        app::verify_pin(&mut tx, &pin("123456")).unwrap();
+        let p = app::initialize_purchase(&mut tx, &mut keys, &id, 700, when()).unwrap();
+        let e = p.debit(&mut tx, &mut keys).unwrap_err();
+        assert!(
+            matches!(e, AppError::Uncertain { step: "DEBIT", .. }),
+            "{e}"
+        );
+        (p.counter, id)
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while card.reset().map(|a| a.is_empty()).unwrap_or(true) {
+        assert!(Instant::now() < deadline, "card never came back");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    (v, card, keys, counter, id)
+}
+
 #[test]
 fn tear_recovery_both_ways() {
     for commit in [true, false] {
         let dir = tempfile::tempdir().unwrap();
-        let img = dir.path().join("card.json");
-        let tear = if commit {
-            "54:1:commit"
-        } else {
-            "54:1:nocommit"
-        };
-        let v = Vcard::start(&[
-            "--image",
-            img.to_str().unwrap(),
-            "--tear-after",
-            tear,
-            "--reinsert-ms",
-            "200",
-        ]);
-        let mut card = v.connect();
-        let mut keys = pharmacy();
-        let (counter, id) = {
-            let mut tx = Transaction::begin(&mut card).unwrap();
-            let id = app::read_card(&mut tx).unwrap().card_id;
-            app::verify_pin(&mut tx, &pin("123456")).unwrap();
-            let p = app::initialize_purchase(&mut tx, &mut keys, &id, 700, when()).unwrap();
-            let e = p.debit(&mut tx, &mut keys).unwrap_err();
-            assert!(
-                matches!(e, AppError::Uncertain { step: "DEBIT", .. }),
-                "{e}"
-            );
-            (p.counter, id)
-        };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while card.reset().map(|a| a.is_empty()).unwrap_or(true) {
-            assert!(Instant::now() < deadline, "card never came back");
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        let (_v, mut card, keys, counter, id) = torn_purchase(dir.path(), commit);
         let mut tx = Transaction::begin(&mut card).unwrap();
         assert_eq!(app::read_card(&mut tx).unwrap().card_id, id);
         let r = app::recover_purchase(&mut tx, counter, 700, &keys.terminal_id()).unwrap();
@@ -396,35 +413,7 @@ fn purchase_through_a_psam() {
 fn tear_recovery_after_a_later_purchase() {
     for commit in [true, false] {
         let dir = tempfile::tempdir().unwrap();
-        let img = dir.path().join("card.json");
-        let tear = if commit {
-            "54:1:commit"
-        } else {
-            "54:1:nocommit"
-        };
-        let v = Vcard::start(&[
-            "--image",
-            img.to_str().unwrap(),
-            "--tear-after",
-            tear,
-            "--reinsert-ms",
-            "200",
-        ]);
-        let mut card = v.connect();
-        let mut keys = pharmacy();
-        let (counter, id) = {
-            let mut tx = Transaction::begin(&mut card).unwrap();
-            let id = app::read_card(&mut tx).unwrap().card_id;
-            app::verify_pin(&mut tx, &pin("123456")).unwrap();
-            let p = app::initialize_purchase(&mut tx, &mut keys, &id, 700, when()).unwrap();
-            assert!(p.debit(&mut tx, &mut keys).is_err());
-            (p.counter, id)
-        };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while card.reset().map(|a| a.is_empty()).unwrap_or(true) {
-            assert!(Instant::now() < deadline, "card never came back");
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        let (_v, mut card, mut keys, counter, id) = torn_purchase(dir.path(), commit);
         let mut tx = Transaction::begin(&mut card).unwrap();
         app::read_card(&mut tx).unwrap();
         app::verify_pin(&mut tx, &pin("123456")).unwrap();
