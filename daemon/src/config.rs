@@ -111,9 +111,9 @@ pub struct BackupConfig {
     pub schedule: String,
     #[serde(default = "backup_dir")]
     pub dir: PathBuf,
-    /// How many backups to keep.
-    #[serde(default = "retention")]
-    pub retention: u32,
+    /// Backups older than this many weeks are deleted (the newest one never is).
+    #[serde(default = "retention", deserialize_with = "positive_u32")]
+    pub retention_weeks: u32,
 }
 
 fn weekly() -> String {
@@ -131,7 +131,7 @@ impl Default for BackupConfig {
         BackupConfig {
             schedule: weekly(),
             dir: backup_dir(),
-            retention: retention(),
+            retention_weeks: retention(),
         }
     }
 }
@@ -144,10 +144,34 @@ pub struct UploadConfig {
     /// `https://…` (or `http://` for a local test centre).
     #[serde(deserialize_with = "url")]
     pub endpoint: String,
-    #[serde(default = "interval")]
+    /// Minutes between uploads (default 20).
+    #[serde(default = "interval", deserialize_with = "positive")]
     pub interval_minutes: u64,
-    #[serde(default = "batch")]
+    /// Seconds between uploads: overrides `interval_minutes` (tests, tuning).
+    #[serde(default, deserialize_with = "positive_opt")]
+    pub interval_seconds: Option<u64>,
+    /// Payments in one request.
+    #[serde(default = "batch", deserialize_with = "positive_usize")]
     pub batch_size: usize,
+    /// First wait after a failed request; doubled after each further failure, never
+    /// beyond the interval.
+    #[serde(default = "retry_min", deserialize_with = "positive")]
+    pub retry_min_seconds: u64,
+    /// Connect and read timeout of one request.
+    #[serde(default = "upload_timeout", deserialize_with = "positive")]
+    pub timeout_seconds: u64,
+    /// A file holding the bearer token the centre issued to this terminal (optional).
+    pub token_file: Option<PathBuf>,
+}
+
+impl UploadConfig {
+    /// The time between scheduled uploads.
+    pub fn interval(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(
+            self.interval_seconds
+                .unwrap_or(self.interval_minutes.saturating_mul(60)),
+        )
+    }
 }
 
 fn interval() -> u64 {
@@ -155,6 +179,12 @@ fn interval() -> u64 {
 }
 fn batch() -> usize {
     100
+}
+fn retry_min() -> u64 {
+    30
+}
+fn upload_timeout() -> u64 {
+    30
 }
 
 /// The daemon's configuration.
@@ -300,6 +330,17 @@ fn positive_usize<'de, D: serde::Deserializer<'de>>(d: D) -> Result<usize, D::Er
         0 => Err(serde::de::Error::custom("must be positive")),
         v => Ok(v),
     }
+}
+
+fn positive_u32<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
+    match u32::deserialize(d)? {
+        0 => Err(serde::de::Error::custom("must be positive")),
+        v => Ok(v),
+    }
+}
+
+fn positive_opt<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    positive(d).map(Some)
 }
 
 fn socket_mode<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
@@ -516,7 +557,8 @@ impl Config {
         Self::parse(&text).map_err(|e| format!("{}: {e}", path.display()))
     }
 
-    /// A configuration for tests and demos: test mode, test keys, defaults elsewhere.
+    /// A configuration for tests and demos: test mode, test keys, no scheduled backups,
+    /// defaults elsewhere.
     pub fn test(region: Region, terminal_id: TerminalId) -> Config {
         Config {
             socket: socket(),
@@ -532,7 +574,10 @@ impl Config {
             reader_wait_ms: wait(),
             line_timeout_ms: line_timeout(),
             max_connections: max_conn(),
-            backup: BackupConfig::default(),
+            backup: BackupConfig {
+                schedule: "off".into(),
+                ..BackupConfig::default()
+            },
             upload: None,
             operators: Vec::new(),
         }
@@ -570,7 +615,7 @@ mod tests {
         assert_eq!(c.tcp, None);
         assert_eq!(c.limits, Limits::default());
         assert_eq!(c.backup.schedule, "weekly");
-        assert_eq!(c.backup.retention, 26);
+        assert_eq!(c.backup.retention_weeks, 26);
         assert_eq!(c.keys, None);
         assert_eq!(c.reader_wait_ms, 10_000);
     }
@@ -674,6 +719,24 @@ mod tests {
         .unwrap();
         let u = c.upload.unwrap();
         assert_eq!((u.interval_minutes, u.batch_size), (20, 100));
+        assert_eq!(u.interval(), std::time::Duration::from_secs(1200));
+        assert_eq!((u.retry_min_seconds, u.timeout_seconds), (30, 30));
+        let c = Config::parse(&format!(
+            "{BASE}[upload]\nendpoint = \"http://127.0.0.1:9/\"\ninterval_seconds = 2\n"
+        ))
+        .unwrap();
+        assert_eq!(
+            c.upload.unwrap().interval(),
+            std::time::Duration::from_secs(2)
+        );
+        let e = err("[upload]\nendpoint = \"https://c\"\nbatch_size = 0\n");
+        assert!(
+            e.contains("upload.batch_size") && e.contains("positive"),
+            "{e}"
+        );
         assert!(err("[backup]\nschedule = \"hourly\"\n").contains("backup.schedule"));
+        assert!(err("[backup]\nretention = 26\n").contains("retention"));
+        let e = err("[backup]\nretention_weeks = 0\n");
+        assert!(e.contains("backup.retention_weeks"), "{e}");
     }
 }

@@ -4,7 +4,9 @@
 //! card operations in flight finish and closes the journal cleanly.
 //!
 //! Pending payments are settled when their card is seen: each card inserted in any
-//! reader is checked against the journal's pending payments.
+//! reader is checked against the journal's pending payments. Beside the connections
+//! and readers run the uploader ([`crate::upload`]) and the backup schedule
+//! ([`crate::backup`]).
 
 use crate::config::Config;
 use crate::events::Event;
@@ -41,7 +43,9 @@ pub struct Daemon {
     socket: PathBuf,
     tcp: Option<SocketAddr>,
     journal_thread: Option<std::thread::JoinHandle<()>>,
-    settler: tokio::task::JoinHandle<()>,
+    /// Settlement on insert, the uploader and the backup schedule: stopped at shutdown
+    /// (what they had not finished is redone at the next start).
+    background: Vec<tokio::task::JoinHandle<()>>,
 }
 
 /// Bind the Unix socket: refuse if another daemon answers there, else replace a stale
@@ -103,7 +107,11 @@ impl Daemon {
             events.clone(),
         ));
         state.import_blacklist(&config).await?;
-        let settler = tokio::spawn(settle_on_insert(state.clone(), events.subscribe()));
+        let background = vec![
+            tokio::spawn(settle_on_insert(state.clone(), events.subscribe())),
+            tokio::spawn(crate::upload::run(state.clone())),
+            tokio::spawn(crate::backup::run(state.clone())),
+        ];
         readers.start(opts.readers).await;
         let mut listeners = vec![Listener::Unix(bind_unix(
             &config.socket,
@@ -123,7 +131,7 @@ impl Daemon {
             socket: config.socket.clone(),
             tcp,
             journal_thread: Some(journal_thread),
-            settler,
+            background,
         })
     }
 
@@ -146,7 +154,9 @@ impl Daemon {
     pub async fn serve(mut self, shutdown: impl Future<Output = ()>) {
         let listeners = std::mem::take(&mut self.listeners);
         server::run(listeners, self.state.clone(), shutdown).await;
-        self.settler.abort();
+        for t in &self.background {
+            t.abort();
+        }
         self.state.readers.shutdown(SHUTDOWN_GRACE).await;
         self.state.journal.close().await;
         if let Some(t) = self.journal_thread.take() {

@@ -23,9 +23,11 @@
 //! [`session`] and [`methods`] (roles and the method table), [`readers`] (reader tasks
 //! and sources), [`ops`] (debits, refunds, recovery and policy), [`keys`] (keystore,
 //! PSAM or test keys), [`daemon`] (start and shutdown), [`error`] (the error kinds and
-//! the one mapping from driver errors).
+//! the one mapping from driver errors), [`upload`] (completed payments to the
+//! settlement centre) and [`backup`] (online journal backups and their retention).
 #![forbid(unsafe_code)]
 
+pub mod backup;
 pub mod config;
 pub mod daemon;
 pub mod error;
@@ -39,6 +41,7 @@ pub mod readers;
 pub mod server;
 pub mod session;
 pub mod state;
+pub mod upload;
 
 pub use config::Config;
 pub use daemon::{Daemon, Options};

@@ -77,6 +77,7 @@ fn main() {
             config.socket = dir.join("sscard.sock");
         }
         config.journal = dir.join("journal.db");
+        config.backup.dir = dir.join("backup");
         config.test_mode = true;
         config.keys = Some(KeysConfig::Test);
         let t = hex::encode(rand::random::<[u8; 16]>());
@@ -180,6 +181,9 @@ fn main() {
         };
         d.serve(shutdown).await;
     });
+    // the journal is closed; an upload still waiting on the network is abandoned (its
+    // payments stay unacknowledged and go again at the next start)
+    rt.shutdown_timeout(std::time::Duration::from_secs(2));
     if let Some(dir) = tmp {
         let _ = std::fs::remove_dir_all(dir);
     }

@@ -5,7 +5,8 @@ use crate::events::Event;
 use crate::journal::{parse_blacklist, JournalHandle};
 use crate::keys::KeySource;
 use crate::readers::Readers;
-use std::sync::{Arc, RwLock};
+use crate::upload::UploadStatus;
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 use tokio::sync::broadcast;
 
@@ -17,6 +18,9 @@ pub struct State {
     pub keys: Arc<KeySource>,
     pub events: broadcast::Sender<Event>,
     pub started: Instant,
+    upload: Mutex<UploadStatus>,
+    /// Wakes the uploader for a round now (`settle.day`).
+    pub upload_wake: tokio::sync::Notify,
 }
 
 impl State {
@@ -34,6 +38,23 @@ impl State {
             keys: Arc::new(keys),
             events,
             started: Instant::now(),
+            upload: Mutex::new(UploadStatus::default()),
+            upload_wake: tokio::sync::Notify::new(),
+        }
+    }
+
+    /// The uploader's last news.
+    pub fn upload_status(&self) -> UploadStatus {
+        match self.upload.lock() {
+            Ok(s) => s.clone(),
+            Err(p) => p.into_inner().clone(),
+        }
+    }
+
+    pub fn set_upload_status(&self, s: UploadStatus) {
+        match self.upload.lock() {
+            Ok(mut g) => *g = s,
+            Err(p) => *p.into_inner() = s,
         }
     }
 

@@ -182,6 +182,7 @@ impl Journal {
                PRIMARY KEY(order_id, kind));
              CREATE INDEX IF NOT EXISTS payments_card_day ON payments(card_id, day);
              CREATE INDEX IF NOT EXISTS payments_status ON payments(status);
+             CREATE INDEX IF NOT EXISTS payments_to_upload ON payments(time) WHERE uploaded IS NULL;
              CREATE TABLE IF NOT EXISTS sequence(id INTEGER PRIMARY KEY CHECK(id=1), next INTEGER NOT NULL);
              INSERT OR IGNORE INTO sequence(id, next) VALUES(1, 1);
              CREATE TABLE IF NOT EXISTS blacklist(card TEXT PRIMARY KEY, reason TEXT NOT NULL,
@@ -303,17 +304,30 @@ impl Journal {
         )
     }
 
-    /// Mark payments acknowledged by the settlement centre.
-    pub fn mark_uploaded(&mut self, txn_ids: &[String]) -> JResult<()> {
+    /// How many completed payments wait for the settlement centre's acknowledgement.
+    pub fn upload_backlog(&self) -> JResult<i64> {
+        self.db.query_row(
+            "SELECT COUNT(*) FROM payments WHERE status='completed' AND uploaded IS NULL",
+            [],
+            |r| r.get(0),
+        )
+    }
+
+    /// Mark completed payments acknowledged by the settlement centre; returns how many
+    /// rows changed (ids unknown, not completed or already marked change nothing).
+    pub fn mark_uploaded(&mut self, txn_ids: &[String]) -> JResult<usize> {
         let tx = self.db.transaction()?;
         let t = now();
+        let mut n = 0;
         for id in txn_ids {
-            tx.execute(
-                "UPDATE payments SET uploaded=?2 WHERE txn_id=?1 AND uploaded IS NULL",
+            n += tx.execute(
+                "UPDATE payments SET uploaded=?2
+                 WHERE txn_id=?1 AND status='completed' AND uploaded IS NULL",
                 params![id, t],
             )?;
         }
-        tx.commit()
+        tx.commit()?;
+        Ok(n)
     }
 
     fn query<P: rusqlite::Params>(&self, sql: &str, p: P) -> JResult<Vec<Payment>> {

@@ -9,7 +9,8 @@ use serde_json::{json, Value};
 use std::sync::Arc;
 
 /// `settle.day {"date"}`: counts and totals of the day's completed debits and refunds
-/// (and, beyond api.md, `pending_count`), and every payment of the day.
+/// (and, beyond api.md, `pending_count`), and every payment of the day. Closing the day
+/// also wakes the uploader, so the day's payments go to the settlement centre now.
 pub async fn day(st: &Arc<State>, op: &Operator, p: &Params<'_>) -> Result<Value, ApiError> {
     p.only(&["date"])?;
     let date = p.date("date")?.to_string();
@@ -32,6 +33,7 @@ pub async fn day(st: &Arc<State>, op: &Operator, p: &Params<'_>) -> Result<Value
         "pending_count": list.iter().filter(|x| x.status == "pending").count(),
         "transactions": list.iter().map(Payment::to_json).collect::<Vec<_>>(),
     });
+    st.upload_wake.notify_one();
     st.audit(
         &op.name,
         "settle.day",

@@ -8,19 +8,34 @@ use std::sync::Arc;
 
 /// `system.health`: `version`, `readers`, `journal` (`ok` | `unavailable`), and beyond
 /// api.md `pending` (payments waiting for their card), `keys` (`test` | `keystore` |
-/// `psam`) and `uptime_s`. Needs no login.
+/// `psam`), `uptime_s`, and `upload` (null when no settlement centre is configured:
+/// `backlog` payments not yet acknowledged, `last_success`, `last_error`, `failures` in
+/// a row, `acknowledged` since start). Needs no login.
 pub async fn health(st: &Arc<State>, p: &Params<'_>) -> Result<Value, ApiError> {
     p.only(&[])?;
-    let pending = st
+    let counts = st
         .journal
         .call(|j| {
             j.check()?;
-            j.pending()
+            Ok((j.pending()?.len(), j.upload_backlog()?))
         })
         .await;
-    let (journal, pending) = match pending {
-        Ok(p) => ("ok", json!(p.len())),
-        Err(_) => ("unavailable", Value::Null),
+    let (journal, pending, backlog) = match counts {
+        Ok((p, b)) => ("ok", json!(p), json!(b)),
+        Err(_) => ("unavailable", Value::Null, Value::Null),
+    };
+    let upload = match st.config().upload {
+        None => Value::Null,
+        Some(_) => {
+            let u = st.upload_status();
+            json!({
+                "backlog": backlog,
+                "last_success": u.last_success,
+                "last_error": u.last_error,
+                "failures": u.failures,
+                "acknowledged": u.acknowledged,
+            })
+        }
     };
     Ok(json!({
         "version": env!("CARGO_PKG_VERSION"),
@@ -29,6 +44,7 @@ pub async fn health(st: &Arc<State>, p: &Params<'_>) -> Result<Value, ApiError> 
         "pending": pending,
         "keys": st.keys.origin(),
         "uptime_s": st.started.elapsed().as_secs(),
+        "upload": upload,
     }))
 }
 

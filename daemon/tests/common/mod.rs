@@ -3,6 +3,8 @@
 //! and cards shared between the test and the reader.
 #![allow(dead_code)]
 
+pub mod centre;
+
 use serde_json::{json, Value};
 use sscard_daemon::config::{token_hash, Config, Operator};
 use sscard_daemon::keys::KeySource;
