@@ -40,6 +40,8 @@ enum Command {
     Sw(cmd::sw::Args),
     /// Audit log: verify the daemon journal's hash chain.
     Audit(cmd::audit::Args),
+    /// Back up the daemon's journal now (online; the daemon may be running).
+    Backup(cmd::backup::Args),
     /// Keystores: create one from master keys and a region.
     Keystore(cmd::keystore::Args),
     /// Personalize blank cards from records (issuing office), with an issuance journal.
@@ -59,6 +61,7 @@ fn main() {
         Command::Read(a) => cmd::read::run(a, &out),
         Command::Sw(a) => cmd::sw::run(a, &out),
         Command::Audit(a) => cmd::audit::run(a, &out),
+        Command::Backup(a) => cmd::backup::run(a, &out),
         Command::Keystore(a) => cmd::keystore::run(a, &out),
         Command::Personalize(a) => cmd::personalize::run(a, &out),
     };

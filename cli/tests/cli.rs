@@ -186,3 +186,112 @@ fn audit_verify_finds_a_changed_entry() {
     assert_eq!(code, 4, "{err}");
     assert!(err.contains("entry 2"), "{err}");
 }
+
+#[test]
+fn backup_of_a_running_daemon_holds_its_payments_and_keeps_the_retention() {
+    use std::io::{BufRead, BufReader, Write};
+    let dir = tempfile::tempdir().unwrap();
+    let (journal, backups, socket) = (
+        dir.path().join("journal.db"),
+        dir.path().join("backup"),
+        dir.path().join("s.sock"),
+    );
+    let conf = dir.path().join("sscardd.toml");
+    std::fs::write(
+        &conf,
+        format!(
+            "terminal_id = \"650200000001\"\nregion = \"650200\"\ntest_mode = true\n\
+             journal = \"{}\"\n[keys]\ntest = true\n\
+             [backup]\nschedule = \"weekly\"\ndir = \"{}\"\nretention_weeks = 26\n\
+             [[operators]]\nname = \"li.na\"\ntoken_sha256 = \"{}\"\nrole = \"cashier\"\n",
+            journal.display(),
+            backups.display(),
+            sscard_daemon::config::token_hash("tok")
+        ),
+    )
+    .unwrap();
+    let mut daemon = Command::new(bin_path("sscardd"))
+        .env("SSCARD_LOG", "warn")
+        .arg("--simulate")
+        .arg("--config")
+        .arg(&conf)
+        .arg("--socket")
+        .arg(&socket)
+        .arg("--journal")
+        .arg(&journal)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    BufReader::new(daemon.stdout.take().unwrap())
+        .read_line(&mut first)
+        .unwrap();
+    assert!(first.starts_with("socket: "), "{first}");
+    let count = || sscard_daemon::backup::list(&backups).unwrap().len();
+    // no backup yet: the weekly schedule takes one at start
+    for _ in 0..100 {
+        if count() == 1 {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert_eq!(count(), 1, "the scheduled backup at start");
+
+    let s = std::os::unix::net::UnixStream::connect(&socket).unwrap();
+    let mut r = BufReader::new(s.try_clone().unwrap());
+    let mut w = s;
+    let mut call = |line: &str| {
+        w.write_all(line.as_bytes()).unwrap();
+        let mut l = String::new();
+        r.read_line(&mut l).unwrap();
+        serde_json::from_str::<serde_json::Value>(&l).unwrap()
+    };
+    call("{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"session.login\",\"params\":{\"token\":\"tok\"}}\n");
+    let p = call("{\"jsonrpc\":\"2.0\",\"id\":2,\"method\":\"pay.debit\",\"params\":{\"order_id\":\"B-1\",\"amount_fen\":321,\"pin\":\"123456\"}}\n");
+    assert_eq!(p["result"]["status"], "completed", "{p}");
+
+    // a backup 100 weeks old goes; the one from the start stays
+    let old = backups.join(sscard_daemon::backup::file_name(weeks_ago(100)));
+    std::fs::write(&old, b"old").unwrap();
+    let (code, out, err) = sscard(&["backup", "--config", conf.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("deleted") && out.contains(old.to_str().unwrap()),
+        "{out}"
+    );
+    assert!(!old.exists());
+    let path = out
+        .lines()
+        .find_map(|l| l.strip_prefix("backup"))
+        .map(|p| p.trim().to_string())
+        .unwrap();
+    let copy = rusqlite::Connection::open(&path).unwrap();
+    let (status, fen): (String, i64) = copy
+        .query_row(
+            "SELECT status, amount_fen FROM payments WHERE order_id='B-1'",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    assert_eq!((status.as_str(), fen), ("completed", 321));
+    let (code, out, _) = sscard(&["audit", "verify", "--journal", &path]);
+    assert_eq!(code, 0, "the copy's audit chain is whole: {out}");
+    assert_eq!(count(), 2);
+
+    let (code, _, err) = sscard(&[
+        "backup",
+        "--journal",
+        dir.path().join("none.db").to_str().unwrap(),
+        "--dir",
+        backups.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 5, "{err}");
+    assert!(err.contains("no such journal"), "{err}");
+    let _ = daemon.kill();
+    let _ = daemon.wait();
+}
+
+/// A UTC time `weeks` weeks ago.
+fn weeks_ago(weeks: u64) -> chrono::DateTime<chrono::Utc> {
+    chrono::Utc::now() - chrono::Duration::weeks(weeks as i64)
+}

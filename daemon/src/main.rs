@@ -75,9 +75,9 @@ fn main() {
         std::fs::create_dir_all(&dir).unwrap_or_else(|e| fail(format!("{}: {e}", dir.display())));
         if config_path.is_none() {
             config.socket = dir.join("sscard.sock");
+            config.backup.dir = dir.join("backup");
         }
         config.journal = dir.join("journal.db");
-        config.backup.dir = dir.join("backup");
         config.test_mode = true;
         config.keys = Some(KeysConfig::Test);
         let t = hex::encode(rand::random::<[u8; 16]>());

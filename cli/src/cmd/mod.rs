@@ -1,6 +1,7 @@
 //! One module per subcommand.
 pub mod atr;
 pub mod audit;
+pub mod backup;
 pub mod keystore;
 pub mod personalize;
 pub mod read;
