@@ -2,118 +2,27 @@
 //! reader with the default test card): every method, roles and a disabled operator,
 //! idempotency, bad input, the audit chain, SIGHUP reloads, SIGTERM, bad configuration.
 
-use serde_json::{json, Value};
-use sscard_daemon::config::token_hash;
+mod common;
+
+use common::kind;
+use common::process::{operators_toml, LineClient as Client, Sscardd as Daemon};
+use serde_json::json;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::net::UnixStream;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
-struct Daemon {
-    child: Child,
-    dir: tempfile::TempDir,
-    socket: PathBuf,
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 fn config_text(gone_enabled: bool) -> String {
-    let ops = [
-        ("cashier", "cashier"),
-        ("super", "supervisor"),
-        ("audit", "auditor"),
-        ("admin", "admin"),
-    ];
-    let mut cfg = String::from(
+    format!(
         "terminal_id = \"650200000001\"\nregion = \"650200\"\ntest_mode = true\n\
          [keys]\ntest = true\n\
-         [limits]\nper_transaction_fen = 50000\nper_card_per_day_fen = 60000\n",
-    );
-    for (name, role) in ops {
-        cfg.push_str(&format!(
-            "[[operators]]\nname = \"{name}\"\ntoken_sha256 = \"{}\"\nrole = \"{role}\"\n",
-            token_hash(&format!("tok-{name}"))
-        ));
-    }
-    cfg.push_str(&format!(
-        "[[operators]]\nname = \"gone\"\ntoken_sha256 = \"{}\"\nrole = \"cashier\"\nenabled = {gone_enabled}\n",
-        token_hash("tok-gone")
-    ));
-    cfg
+         [limits]\nper_transaction_fen = 50000\nper_card_per_day_fen = 60000\n{}",
+        operators_toml(gone_enabled)
+    )
 }
 
 fn start() -> Daemon {
-    let dir = tempfile::tempdir().unwrap();
-    let conf = dir.path().join("sscardd.toml");
-    std::fs::write(&conf, config_text(false)).unwrap();
-    let socket = dir.path().join("s.sock");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_sscardd"))
-        .env("SSCARD_LOG", "warn")
-        .args(["--simulate", "--config"])
-        .arg(&conf)
-        .arg("--socket")
-        .arg(&socket)
-        .arg("--journal")
-        .arg(dir.path().join("journal.db"))
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut out = BufReader::new(child.stdout.take().unwrap());
-    let mut line = String::new();
-    out.read_line(&mut line).unwrap();
-    assert_eq!(line.trim(), format!("socket: {}", socket.display()));
-    line.clear();
-    out.read_line(&mut line).unwrap();
-    assert!(line.starts_with("token: "), "{line}");
-    Daemon { child, dir, socket }
-}
-
-struct Client {
-    s: BufReader<UnixStream>,
-    id: u64,
-}
-
-impl Client {
-    fn new(d: &Daemon) -> Client {
-        let s = UnixStream::connect(&d.socket).unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-        Client {
-            s: BufReader::new(s),
-            id: 0,
-        }
-    }
-    fn raw(&mut self, line: &[u8]) -> Value {
-        self.s.get_mut().write_all(line).unwrap();
-        let mut l = String::new();
-        self.s.read_line(&mut l).unwrap();
-        serde_json::from_str(&l).unwrap()
-    }
-    fn call(&mut self, method: &str, params: Value) -> Result<Value, Value> {
-        self.id += 1;
-        let req = json!({"jsonrpc": "2.0", "id": self.id, "method": method, "params": params});
-        let r = self.raw(format!("{req}\n").as_bytes());
-        assert_eq!(r["id"], self.id);
-        match r.get("error") {
-            Some(e) => Err(e.clone()),
-            None => Ok(r["result"].clone()),
-        }
-    }
-    fn login(d: &Daemon, who: &str) -> Client {
-        let mut c = Client::new(d);
-        c.call("session.login", json!({"token": format!("tok-{who}")}))
-            .unwrap();
-        c
-    }
-}
-
-fn kind(e: &Value) -> &str {
-    e["data"]["kind"].as_str().unwrap_or("")
+    Daemon::in_temp("--simulate", &config_text(false))
 }
 
 #[test]
@@ -408,7 +317,7 @@ fn audit_log_is_chained_and_tamper_is_found() {
         .any(|e| e["method"] == "pay.debit" && e["card_number"] == "A65020001"));
     // no PIN in the log
     assert!(!serde_json::to_string(log).unwrap().contains("123456"));
-    let db = d.dir.path().join("journal.db");
+    let db = d.dir.join("journal.db");
     let all = a.call("audit.query", json!({})).unwrap();
     assert_eq!(
         sscard_daemon::journal::verify_chain(&db).unwrap(),
@@ -429,20 +338,12 @@ fn audit_log_is_chained_and_tamper_is_found() {
     ));
 }
 
-fn signal(d: &Daemon, sig: &str) {
-    let st = Command::new("kill")
-        .args([sig, &d.child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(st.success());
-}
-
 #[test]
 fn sighup_reload_stops_a_disabled_operator_at_once() {
     let d = start();
     let mut c = Client::login(&d, "cashier");
     assert!(c.call("card.balance", json!({})).is_ok());
-    let conf = d.dir.path().join("sscardd.toml");
+    let conf = d.dir.join("sscardd.toml");
     // disable the cashier, enable "gone"
     let text = config_text(true).replacen(
         "role = \"cashier\"\n",
@@ -450,7 +351,7 @@ fn sighup_reload_stops_a_disabled_operator_at_once() {
         1,
     );
     std::fs::write(&conf, text).unwrap();
-    signal(&d, "-HUP");
+    d.signal("-HUP");
     let mut disabled = false;
     for _ in 0..100 {
         match c.call("card.balance", json!({})) {
@@ -467,7 +368,7 @@ fn sighup_reload_stops_a_disabled_operator_at_once() {
         .unwrap();
     // a broken file is refused and the configuration in force stays
     std::fs::write(&conf, "terminal_id = 12\n").unwrap();
-    signal(&d, "-HUP");
+    d.signal("-HUP");
     std::thread::sleep(Duration::from_millis(300));
     assert!(g.call("card.balance", json!({})).is_ok());
 }
@@ -481,11 +382,11 @@ fn sigterm_stops_cleanly() {
         json!({"order_id": "Z-1", "amount_fen": 10, "pin": "123456"}),
     )
     .unwrap();
-    signal(&d, "-TERM");
+    d.signal("-TERM");
     let st = d.child.wait().unwrap();
     assert!(st.success(), "{st:?}");
     assert!(!d.socket.exists(), "the socket file is removed");
-    let db = d.dir.path().join("journal.db");
+    let db = d.dir.join("journal.db");
     assert!(sscard_daemon::journal::verify_chain(&db).unwrap() >= 2);
 }
 
@@ -544,8 +445,7 @@ fn simulate_alone_serves_a_demo_supervisor() {
     line.clear();
     out.read_line(&mut line).unwrap();
     let token = line.trim().strip_prefix("token: ").unwrap().to_string();
-    let d = Daemon { child, dir, socket };
-    let mut c = Client::new(&d);
+    let mut c = Client::connect(&socket);
     assert_eq!(
         c.call("session.login", json!({"token": token})).unwrap(),
         json!({"operator": "demo", "role": "supervisor"})
@@ -569,4 +469,6 @@ fn simulate_alone_serves_a_demo_supervisor() {
         (r["kind"].as_str(), r["amount_fen"].as_i64()),
         (Some("refund"), Some(1850))
     );
+    let _ = child.kill();
+    let _ = child.wait();
 }

@@ -15,6 +15,7 @@ use crate::{Reply, VirtualCard};
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::os::fd::AsRawFd;
+use std::path::PathBuf;
 use std::time::Duration;
 
 /// How the bridge behaves.
@@ -25,6 +26,12 @@ pub struct BridgeOptions {
     pub reinsert_after: Duration,
     /// Longest wait between connection attempts while vpcd is not there.
     pub max_backoff: Duration,
+    /// At a tear, how long the card holds the torn command unanswered (still in the
+    /// reader) before it leaves: a test's window to kill the terminal mid-command.
+    pub tear_hold: Duration,
+    /// A file written when a tear begins (the command's fate on the card is decided),
+    /// so that a test knows when to act.
+    pub tear_signal: Option<PathBuf>,
 }
 
 impl BridgeOptions {
@@ -33,6 +40,8 @@ impl BridgeOptions {
             addr: SocketAddr::from(([127, 0, 0, 1], port)),
             reinsert_after: Duration::from_millis(300),
             max_backoff: Duration::from_secs(1),
+            tear_hold: Duration::ZERO,
+            tear_signal: None,
         }
     }
 }
@@ -116,6 +125,12 @@ pub fn serve(card: &mut dyn VirtualCard, opts: &BridgeOptions, mut on_connect: i
                 on_connect();
                 match serve_connection(card, &mut s) {
                     Ok(Ended::Tear) => {
+                        if let Some(f) = &opts.tear_signal {
+                            if let Err(e) = std::fs::write(f, b"tear\n") {
+                                tracing::warn!("tear signal {}: {e}", f.display());
+                            }
+                        }
+                        std::thread::sleep(opts.tear_hold);
                         drop(s);
                         card.power_off();
                         std::thread::sleep(opts.reinsert_after);

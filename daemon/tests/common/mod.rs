@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod centre;
+pub mod process;
 
 use serde_json::{json, Value};
 use sscard_daemon::config::{token_hash, Config, Operator};

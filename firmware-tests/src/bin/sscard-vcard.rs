@@ -39,6 +39,13 @@ struct Args {
     /// After a tear, how long the card stays out before it is re-inserted.
     #[arg(long, default_value_t = 300)]
     reinsert_ms: u64,
+    /// At a tear, how long the torn command stays unanswered (card still in) before
+    /// the card leaves.
+    #[arg(long, default_value_t = 0)]
+    tear_hold_ms: u64,
+    /// A file written when a tear begins.
+    #[arg(long)]
+    tear_signal: Option<PathBuf>,
     /// Never answer a command.
     #[arg(long)]
     mute: bool,
@@ -166,6 +173,8 @@ fn main() {
     };
     let mut opts = BridgeOptions::port(a.port);
     opts.reinsert_after = Duration::from_millis(a.reinsert_ms);
+    opts.tear_hold = Duration::from_millis(a.tear_hold_ms);
+    opts.tear_signal = a.tear_signal.clone();
     let mut announced = false;
     serve(card.as_mut(), &opts, || {
         if !announced {

@@ -1,0 +1,153 @@
+//! `sscardd` as a process: spawned with `--simulate` or `--dev` on a directory holding
+//! its `sscardd.toml`, with its socket and journal beside it, killed on drop; and a
+//! blocking line client for its socket.
+
+use serde_json::{json, Value};
+use sscard_daemon::config::token_hash;
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+/// `[[operators]]` for cashier, super, audit and admin (token `tok-<name>`), and "gone",
+/// a cashier enabled or not.
+pub fn operators_toml(gone_enabled: bool) -> String {
+    let mut s = String::new();
+    for (name, role) in [
+        ("cashier", "cashier"),
+        ("super", "supervisor"),
+        ("audit", "auditor"),
+        ("admin", "admin"),
+    ] {
+        s.push_str(&format!(
+            "[[operators]]\nname = \"{name}\"\ntoken_sha256 = \"{}\"\nrole = \"{role}\"\n",
+            token_hash(&format!("tok-{name}"))
+        ));
+    }
+    s.push_str(&format!(
+        "[[operators]]\nname = \"gone\"\ntoken_sha256 = \"{}\"\nrole = \"cashier\"\nenabled = {gone_enabled}\n",
+        token_hash("tok-gone")
+    ));
+    s
+}
+
+/// A running `sscardd`.
+pub struct Sscardd {
+    pub child: Child,
+    /// Holds `sscardd.toml`, `s.sock` and `journal.db`.
+    pub dir: PathBuf,
+    pub socket: PathBuf,
+    pub journal: PathBuf,
+    _tmp: Option<tempfile::TempDir>,
+}
+
+impl Sscardd {
+    /// Start `sscardd <mode>` on `dir/sscardd.toml` and wait for its `socket:` line.
+    pub fn spawn(mode: &str, dir: &Path) -> Sscardd {
+        let socket = dir.join("s.sock");
+        let journal = dir.join("journal.db");
+        let mut child = Command::new(env!("CARGO_BIN_EXE_sscardd"))
+            .env("SSCARD_LOG", "warn")
+            .arg(mode)
+            .arg("--config")
+            .arg(dir.join("sscardd.toml"))
+            .arg("--socket")
+            .arg(&socket)
+            .arg("--journal")
+            .arg(&journal)
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut out = BufReader::new(child.stdout.take().unwrap());
+        let mut line = String::new();
+        out.read_line(&mut line).unwrap();
+        assert_eq!(line.trim(), format!("socket: {}", socket.display()));
+        Sscardd {
+            child,
+            dir: dir.to_path_buf(),
+            socket,
+            journal,
+            _tmp: None,
+        }
+    }
+
+    /// Start in a new temporary directory (removed on drop) with this configuration.
+    pub fn in_temp(mode: &str, config: &str) -> Sscardd {
+        let tmp = tempfile::tempdir().unwrap();
+        std::fs::write(tmp.path().join("sscardd.toml"), config).unwrap();
+        let mut d = Self::spawn(mode, tmp.path());
+        d._tmp = Some(tmp);
+        d
+    }
+
+    /// Send a signal (`-HUP`, `-TERM`, `-KILL`).
+    pub fn signal(&self, sig: &str) {
+        let st = Command::new("kill")
+            .args([sig, &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(st.success());
+    }
+
+    /// SIGKILL and reap.
+    pub fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Sscardd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A blocking JSON-RPC client: one request line, one response line.
+pub struct LineClient {
+    pub s: BufReader<UnixStream>,
+    id: u64,
+}
+
+impl LineClient {
+    pub fn new(d: &Sscardd) -> LineClient {
+        Self::connect(&d.socket)
+    }
+
+    pub fn connect(socket: &Path) -> LineClient {
+        let s = UnixStream::connect(socket).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+        LineClient {
+            s: BufReader::new(s),
+            id: 0,
+        }
+    }
+
+    /// Send raw bytes, read one line back as JSON.
+    pub fn raw(&mut self, line: &[u8]) -> Value {
+        self.s.get_mut().write_all(line).unwrap();
+        let mut l = String::new();
+        self.s.read_line(&mut l).unwrap();
+        serde_json::from_str(&l).unwrap()
+    }
+
+    pub fn call(&mut self, method: &str, params: Value) -> Result<Value, Value> {
+        self.id += 1;
+        let req = json!({"jsonrpc": "2.0", "id": self.id, "method": method, "params": params});
+        let r = self.raw(format!("{req}\n").as_bytes());
+        assert_eq!(r["id"], self.id);
+        match r.get("error") {
+            Some(e) => Err(e.clone()),
+            None => Ok(r["result"].clone()),
+        }
+    }
+
+    /// A client logged in as `tok-<who>`.
+    pub fn login(d: &Sscardd, who: &str) -> LineClient {
+        let mut c = LineClient::new(d);
+        c.call("session.login", json!({"token": format!("tok-{who}")}))
+            .unwrap();
+        c
+    }
+}
