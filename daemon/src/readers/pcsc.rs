@@ -7,14 +7,25 @@ use sscard_driver::transport::pcsc::{Monitor, PcscContext, ReaderEvent, ShareMod
 use sscard_driver::transport::{CardTransport, TransportError};
 use std::time::Duration;
 
+/// Connects to one reader's card on a PC/SC context of the reader's own: pcsc-lite runs
+/// the calls of one context one at a time, so readers sharing a context (or sharing the
+/// monitor's) would wait for each other.
 struct PcscConnector {
-    ctx: PcscContext,
+    ctx: Option<PcscContext>,
     name: String,
 }
 
 impl Connector for PcscConnector {
     fn connect(&mut self) -> Result<Box<dyn CardTransport>, TransportError> {
-        Ok(Box::new(self.ctx.connect(
+        let ctx = match &self.ctx {
+            Some(c) => c.clone(),
+            None => {
+                let c = PcscContext::establish()?;
+                self.ctx = Some(c.clone());
+                c
+            }
+        };
+        Ok(Box::new(ctx.connect(
             &self.name,
             ShareMode::Shared,
             None,
@@ -74,7 +85,7 @@ impl ReaderSource for PcscSource {
                 ReaderEvent::ReaderAdded(name) if !self.ignored(&name) => {
                     out.push(SourceEvent::ReaderAdded {
                         connector: Box::new(PcscConnector {
-                            ctx: ctx.clone(),
+                            ctx: None,
                             name: name.clone(),
                         }),
                         name,

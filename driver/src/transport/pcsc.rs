@@ -141,19 +141,16 @@ impl PcscContext {
         })
     }
 
-    /// A monitor for reader and card events.
+    /// A monitor for reader and card events, on a PC/SC context of its own: pcsc-lite
+    /// runs the calls of one context one at a time, so a monitor waiting on this
+    /// context would hold up every connect and transmit on it until its wait timed out.
     pub fn monitor(&self) -> Result<Monitor, TransportError> {
         Ok(Monitor {
-            ctx: self.clone(),
+            ctx: PcscContext::establish()?,
             states: Vec::new(),
             pnp: pcsc::ReaderState::new(pcsc::PNP_NOTIFICATION(), pcsc::State::UNAWARE),
             started: false,
         })
-    }
-
-    /// A handle that interrupts a [`Monitor::wait`] in progress from another thread.
-    pub fn canceller(&self) -> Result<Canceller, TransportError> {
-        Ok(Canceller { ctx: self.ctx()? })
     }
 }
 
@@ -209,6 +206,13 @@ pub struct Monitor {
 }
 
 impl Monitor {
+    /// A handle that interrupts a [`Monitor::wait`] in progress from another thread.
+    pub fn canceller(&self) -> Result<Canceller, TransportError> {
+        Ok(Canceller {
+            ctx: self.ctx.ctx()?,
+        })
+    }
+
     /// The readers as last seen.
     pub fn readers(&self) -> Vec<ReaderInfo> {
         self.states.iter().map(ReaderInfo::from_state).collect()
