@@ -53,30 +53,58 @@ fn try_lock(f: &File) -> bool {
 }
 
 impl SlotLease {
+    fn try_slot(dir: &std::path::Path, base: u16, i: usize) -> Option<SlotLease> {
+        let f = File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(dir.join(format!("slot-{i}.lock")))
+            .expect("slot lock file");
+        try_lock(&f).then(|| SlotLease {
+            _lock: f,
+            index: i,
+            port: base + i as u16,
+            reader: reader_name(i),
+        })
+    }
+
     /// Lease a free slot, waiting up to two minutes for one.
     pub fn acquire() -> SlotLease {
         let (dir, base, n) = require_private_pcscd();
         let deadline = Instant::now() + Duration::from_secs(120);
         loop {
-            for i in 0..n {
-                let f = File::options()
-                    .create(true)
-                    .truncate(false)
-                    .write(true)
-                    .open(dir.join(format!("slot-{i}.lock")))
-                    .expect("slot lock file");
-                if try_lock(&f) {
-                    return SlotLease {
-                        _lock: f,
-                        index: i,
-                        port: base + i as u16,
-                        reader: reader_name(i),
-                    };
-                }
+            if let Some(l) = (0..n).find_map(|i| Self::try_slot(&dir, base, i)) {
+                return l;
             }
             assert!(
                 Instant::now() < deadline,
                 "no free vpcd slot for two minutes"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Lease every slot at once (for a program that sees all readers, like the
+    /// daemon), waiting up to five minutes. All or none are held at any time, so two
+    /// such tests never hold one slot each and wait for each other.
+    pub fn acquire_all() -> Vec<SlotLease> {
+        let (dir, base, n) = require_private_pcscd();
+        let deadline = Instant::now() + Duration::from_secs(300);
+        loop {
+            let mut held = Vec::new();
+            for i in 0..n {
+                match Self::try_slot(&dir, base, i) {
+                    Some(l) => held.push(l),
+                    None => break,
+                }
+            }
+            if held.len() == n {
+                return held;
+            }
+            drop(held);
+            assert!(
+                Instant::now() < deadline,
+                "the vpcd slots were not all free together for five minutes"
             );
             std::thread::sleep(Duration::from_millis(50));
         }
