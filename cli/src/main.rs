@@ -1,7 +1,7 @@
 //! `sscard`: the technician's and issuing office's command line.
 //!
 //! Thin by design: parsing flags, calling the libraries, printing. Exit codes are
-//! documented in `docs/cli.md` and in [`exit`].
+//! documented in README.md ("The `sscard` command") and in [`exit`].
 #![forbid(unsafe_code)]
 
 mod cmd;
