@@ -7,9 +7,9 @@ mod common;
 use common::kind;
 use common::process::{operators_toml, LineClient as Client, Sscardd as Daemon};
 use serde_json::json;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 fn config_text(gone_enabled: bool) -> String {
@@ -428,24 +428,9 @@ fn bad_configuration_is_refused_naming_line_and_key() {
 
 #[test]
 fn simulate_alone_serves_a_demo_supervisor() {
-    let dir = tempfile::tempdir().unwrap();
-    let socket = dir.path().join("demo.sock");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_sscardd"))
-        .env("SSCARD_LOG", "warn")
-        .arg("--simulate")
-        .arg("--socket")
-        .arg(&socket)
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut out = BufReader::new(child.stdout.take().unwrap());
-    let mut line = String::new();
-    out.read_line(&mut line).unwrap();
-    assert_eq!(line.trim(), format!("socket: {}", socket.display()));
-    line.clear();
-    out.read_line(&mut line).unwrap();
-    let token = line.trim().strip_prefix("token: ").unwrap().to_string();
-    let mut c = Client::connect(&socket);
+    let d = Daemon::bare("--simulate");
+    let token = d.token.clone().expect("a demo token");
+    let mut c = Client::new(&d);
     assert_eq!(
         c.call("session.login", json!({"token": token})).unwrap(),
         json!({"operator": "demo", "role": "supervisor"})
@@ -469,6 +454,4 @@ fn simulate_alone_serves_a_demo_supervisor() {
         (r["kind"].as_str(), r["amount_fen"].as_i64()),
         (Some("refund"), Some(1850))
     );
-    let _ = child.kill();
-    let _ = child.wait();
 }

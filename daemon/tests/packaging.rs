@@ -80,20 +80,26 @@ fn the_unit_runs_as_sscard_hardened_with_the_default_paths() {
     assert!(stop > sscard_daemon::daemon::SHUTDOWN_GRACE.as_secs());
 }
 
+/// Run a systemd tool on a packaging file inside the scratch root `root`.
+fn in_root(tool: &str, extra: &[&str], root: &Path, file: &str) {
+    let out = Command::new(tool)
+        .args(extra)
+        .arg(format!("--root={}", root.display()))
+        .arg(packaging(file))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{tool}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 #[test]
 fn sysusers_and_tmpfiles_make_the_user_and_the_directories() {
     let root = tempfile::tempdir().unwrap();
     std::fs::create_dir_all(root.path().join("etc")).unwrap();
-    let st = Command::new("systemd-sysusers")
-        .arg(format!("--root={}", root.path().display()))
-        .arg(packaging("sscard.sysusers"))
-        .output()
-        .unwrap();
-    assert!(
-        st.status.success(),
-        "{}",
-        String::from_utf8_lossy(&st.stderr)
-    );
+    in_root("systemd-sysusers", &[], root.path(), "sscard.sysusers");
     let passwd = std::fs::read_to_string(root.path().join("etc/passwd")).unwrap();
     let entry: Vec<&str> = passwd
         .lines()
@@ -111,16 +117,11 @@ fn sysusers_and_tmpfiles_make_the_user_and_the_directories() {
         .lines()
         .any(|l| l.starts_with(&format!("sscard:x:{gid}:"))));
 
-    let st = Command::new("systemd-tmpfiles")
-        .arg("--create")
-        .arg(format!("--root={}", root.path().display()))
-        .arg(packaging("sscard.tmpfiles"))
-        .output()
-        .unwrap();
-    assert!(
-        st.status.success(),
-        "{}",
-        String::from_utf8_lossy(&st.stderr)
+    in_root(
+        "systemd-tmpfiles",
+        &["--create"],
+        root.path(),
+        "sscard.tmpfiles",
     );
     for (dir, mode, owner) in [
         ("etc/sscard", 0o750, 0),

@@ -1,6 +1,6 @@
-//! `sscardd` as a process: spawned with `--simulate` or `--dev` on a directory holding
-//! its `sscardd.toml`, with its socket and journal beside it, killed on drop; and a
-//! blocking line client for its socket.
+//! `sscardd` as a process: spawned with `--simulate` or `--dev`, on a directory holding
+//! its `sscardd.toml` or with none, with its socket and journal beside it, killed on
+//! drop; and a blocking line client for its socket.
 
 use serde_json::{json, Value};
 use sscard_daemon::config::token_hash;
@@ -39,19 +39,35 @@ pub struct Sscardd {
     pub dir: PathBuf,
     pub socket: PathBuf,
     pub journal: PathBuf,
+    /// The demo supervisor's token that `--simulate` and `--dev` print.
+    pub token: Option<String>,
     _tmp: Option<tempfile::TempDir>,
 }
 
 impl Sscardd {
-    /// Start `sscardd <mode>` on `dir/sscardd.toml` and wait for its `socket:` line.
+    /// Start `sscardd <mode>` (`--simulate` or `--dev`) on `dir/sscardd.toml` and wait
+    /// for the `socket:` and `token:` lines those modes print.
     pub fn spawn(mode: &str, dir: &Path) -> Sscardd {
+        Self::launch(mode, dir, true)
+    }
+
+    /// Start `sscardd <mode>` with no configuration file, in a temporary directory.
+    pub fn bare(mode: &str) -> Sscardd {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut d = Self::launch(mode, tmp.path(), false);
+        d._tmp = Some(tmp);
+        d
+    }
+
+    fn launch(mode: &str, dir: &Path, with_config: bool) -> Sscardd {
         let socket = dir.join("s.sock");
         let journal = dir.join("journal.db");
-        let mut child = Command::new(env!("CARGO_BIN_EXE_sscardd"))
-            .env("SSCARD_LOG", "warn")
-            .arg(mode)
-            .arg("--config")
-            .arg(dir.join("sscardd.toml"))
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_sscardd"));
+        cmd.env("SSCARD_LOG", "warn").arg(mode);
+        if with_config {
+            cmd.arg("--config").arg(dir.join("sscardd.toml"));
+        }
+        let mut child = cmd
             .arg("--socket")
             .arg(&socket)
             .arg("--journal")
@@ -63,11 +79,15 @@ impl Sscardd {
         let mut line = String::new();
         out.read_line(&mut line).unwrap();
         assert_eq!(line.trim(), format!("socket: {}", socket.display()));
+        line.clear();
+        out.read_line(&mut line).unwrap();
+        let token = line.trim().strip_prefix("token: ").map(str::to_string);
         Sscardd {
             child,
             dir: dir.to_path_buf(),
             socket,
             journal,
+            token,
             _tmp: None,
         }
     }
