@@ -36,7 +36,8 @@ struct Args {
     /// Socket path (overrides the configuration).
     #[arg(long)]
     socket: Option<PathBuf>,
-    /// Journal path (overrides the configuration; in --simulate/--dev a temporary one).
+    /// Journal path (overrides the configuration; in --simulate/--dev a temporary one,
+    /// whose backups go beside it rather than to the configured backup.dir).
     #[arg(long)]
     journal: Option<PathBuf>,
 }
@@ -75,6 +76,10 @@ fn main() {
         std::fs::create_dir_all(&dir).unwrap_or_else(|e| fail(format!("{}: {e}", dir.display())));
         if config_path.is_none() {
             config.socket = dir.join("sscard.sock");
+        }
+        // a temporary journal's backups stay beside it, never in the configured
+        // (production) directory; an explicit --journal keeps the configured one
+        if a.journal.is_none() {
             config.backup.dir = dir.join("backup");
         }
         config.journal = dir.join("journal.db");
