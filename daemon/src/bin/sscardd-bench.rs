@@ -88,6 +88,10 @@ fn pay(a: &Args, reader: &str, tag: &str, n: usize) -> Result<Vec<Duration>, Str
 }
 
 fn report(what: &str, mut d: Vec<Duration>, wall: Duration) {
+    if d.is_empty() {
+        println!("{what}: no payments");
+        return;
+    }
     d.sort_unstable();
     let q = |f: f64| d[((d.len() as f64 - 1.0) * f).round() as usize].as_secs_f64() * 1e3;
     println!(
