@@ -80,6 +80,24 @@ fn read(tx: &mut Transaction<'_>) -> Result<CardRecord, ApiError> {
     app::read_card(tx).map_err(|e| from_driver(&e))
 }
 
+/// One card operation: a transaction, the card's records, then `f`; the card number
+/// comes back with the result (empty when the card could not be read).
+fn on_card<T>(
+    card: &mut dyn CardTransport,
+    f: impl FnOnce(&mut Transaction<'_>, &CardRecord) -> Result<T, ApiError>,
+) -> Seen<T> {
+    let mut tx = match begin(card) {
+        Ok(t) => t,
+        Err(e) => return (String::new(), Err(e)),
+    };
+    let rec = match read(&mut tx) {
+        Ok(r) => r,
+        Err(e) => return (String::new(), Err(e)),
+    };
+    let r = f(&mut tx, &rec);
+    (rec.card_number, r)
+}
+
 fn same_city(ctx: &Ctx, rec: &CardRecord) -> Result<(), ApiError> {
     let card = rec.card_id.region();
     if card.city() != ctx.config.region.city() {
@@ -105,23 +123,14 @@ fn genuine(tx: &mut Transaction<'_>, ctx: &Ctx, rec: &CardRecord) -> Result<bool
 /// `card.read`: the card object, with `genuine` from INTERNAL AUTHENTICATE (a blocked
 /// card cannot answer it and is reported not genuine).
 pub fn read_card(card: &mut dyn CardTransport, ctx: &Ctx) -> Seen<Value> {
-    let mut tx = match begin(card) {
-        Ok(t) => t,
-        Err(e) => return (String::new(), Err(e)),
-    };
-    let rec = match read(&mut tx) {
-        Ok(r) => r,
-        Err(e) => return (String::new(), Err(e)),
-    };
-    let r = (|| {
-        let g = if rec.blocked || same_city(ctx, &rec).is_err() {
+    on_card(card, |tx, rec| {
+        let g = if rec.blocked || same_city(ctx, rec).is_err() {
             false
         } else {
-            genuine(&mut tx, ctx, &rec)?
+            genuine(tx, ctx, rec)?
         };
-        Ok(card_json(&rec, g))
-    })();
-    (rec.card_number, r)
+        Ok(card_json(rec, g))
+    })
 }
 
 /// `card.verify_pin`, `card.change_pin` (`new` given) and `card.balance` (`pin` None).
@@ -130,30 +139,22 @@ pub fn pin_or_balance(
     pin: Option<&Pin>,
     new: Option<&Pin>,
 ) -> Seen<Value> {
-    let mut tx = match begin(card) {
-        Ok(t) => t,
-        Err(e) => return (String::new(), Err(e)),
-    };
-    let rec = match read(&mut tx) {
-        Ok(r) => r,
-        Err(e) => return (String::new(), Err(e)),
-    };
-    let r = if rec.blocked {
-        Err(ApiError::kind("CARD_BLOCKED", "the application is blocked"))
-    } else {
+    on_card(card, |tx, rec| {
+        if rec.blocked {
+            return Err(ApiError::kind("CARD_BLOCKED", "the application is blocked"));
+        }
         match (pin, new) {
-            (Some(p), Some(n)) => app::change_pin(&mut tx, p, n)
+            (Some(p), Some(n)) => app::change_pin(tx, p, n)
                 .map(|_| json!({"changed": true}))
                 .map_err(|e| from_driver(&e)),
-            (Some(p), None) => app::verify_pin(&mut tx, p)
+            (Some(p), None) => app::verify_pin(tx, p)
                 .map(|_| json!({"verified": true}))
                 .map_err(|e| from_driver(&e)),
-            _ => app::balance(&mut tx)
+            _ => app::balance(tx)
                 .map(|b| json!({"balance_fen": b}))
                 .map_err(|e| from_driver(&e)),
         }
-    };
-    (rec.card_number, r)
+    })
 }
 
 /// The blacklist and the card's own state, before any money moves.
@@ -330,23 +331,15 @@ pub fn settle_pending(
     ctx: &Ctx,
     only: Option<(&str, &str)>,
 ) -> Seen<Vec<Payment>> {
-    let mut tx = match begin(card) {
-        Ok(t) => t,
-        Err(e) => return (String::new(), Err(e)),
-    };
-    let rec = match read(&mut tx) {
-        Ok(r) => r,
-        Err(e) => return (String::new(), Err(e)),
-    };
-    let id = rec.card_id.to_hex();
-    let r = (|| {
+    on_card(card, |tx, rec| {
+        let id = rec.card_id.to_hex();
         let pending = ctx.journal.call_blocking(|j| j.pending()).map_err(jerr)?;
         let mut done = Vec::new();
         for p in pending.iter().filter(|p| p.card_id == id) {
             if only.is_some_and(|(o, k)| o != p.order_id || k != p.kind) {
                 continue;
             }
-            match recover(&mut tx, p) {
+            match recover(tx, p) {
                 Ok(Some(s)) => {
                     record(ctx, &s)?;
                     tracing::info!(order = %s.order_id, kind = %s.kind, status = %s.status, "pending payment settled");
@@ -360,8 +353,7 @@ pub fn settle_pending(
             }
         }
         Ok(done)
-    })();
-    (rec.card_number, r)
+    })
 }
 
 /// What `pay.debit` was asked.
@@ -401,16 +393,7 @@ fn repeat(
 /// `pay.debit` on the card: policy, PIN, INITIALIZE FOR PURCHASE, the journal's
 /// pending row, DEBIT, the outcome (card profile §6).
 pub fn debit(card: &mut dyn CardTransport, ctx: &Ctx, req: DebitRequest) -> Seen<Payment> {
-    let mut tx = match begin(card) {
-        Ok(t) => t,
-        Err(e) => return (String::new(), Err(e)),
-    };
-    let rec = match read(&mut tx) {
-        Ok(r) => r,
-        Err(e) => return (String::new(), Err(e)),
-    };
-    let r = debit_card(&mut tx, ctx, &rec, req);
-    (rec.card_number, r)
+    on_card(card, |tx, rec| debit_card(tx, ctx, rec, req))
 }
 
 fn debit_card(
@@ -525,16 +508,7 @@ fn duplicate(p: &Payment) -> ApiError {
 /// `pay.debit` for an order the journal has: the recorded payment (settled if it was
 /// pending) when the card in the reader is the order's.
 pub fn debit_again(card: &mut dyn CardTransport, ctx: &Ctx, p: Payment) -> Seen<Payment> {
-    let mut tx = match begin(card) {
-        Ok(t) => t,
-        Err(e) => return (String::new(), Err(e)),
-    };
-    let rec = match read(&mut tx) {
-        Ok(r) => r,
-        Err(e) => return (String::new(), Err(e)),
-    };
-    let r = repeat(&mut tx, ctx, &rec, p);
-    (rec.card_number, r)
+    on_card(card, |tx, rec| repeat(tx, ctx, rec, p))
 }
 
 /// What `pay.refund` was asked.
@@ -549,16 +523,7 @@ pub struct RefundRequest {
 /// `pay.refund` on the card: the original order's card, checks, PIN, the journal's
 /// pending row, purse load (card profile §7), the outcome.
 pub fn refund(card: &mut dyn CardTransport, ctx: &Ctx, req: RefundRequest) -> Seen<Payment> {
-    let mut tx = match begin(card) {
-        Ok(t) => t,
-        Err(e) => return (String::new(), Err(e)),
-    };
-    let rec = match read(&mut tx) {
-        Ok(r) => r,
-        Err(e) => return (String::new(), Err(e)),
-    };
-    let r = refund_card(&mut tx, ctx, &rec, req);
-    (rec.card_number, r)
+    on_card(card, |tx, rec| refund_card(tx, ctx, rec, req))
 }
 
 fn refund_card(
