@@ -30,8 +30,8 @@ pub enum Event {
     },
     PaymentSettled {
         order_id: String,
-        kind: String,
-        status: String,
+        kind: crate::journal::PaymentKind,
+        status: crate::journal::PaymentStatus,
     },
 }
 

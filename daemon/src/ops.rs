@@ -15,7 +15,7 @@
 use crate::config::Config;
 use crate::error::{from_driver, ApiError};
 use crate::events::Event;
-use crate::journal::{JournalError, JournalHandle, Payment};
+use crate::journal::{JournalError, JournalHandle, Payment, PaymentKind, PaymentStatus};
 use crate::keys::KeySource;
 use chrono::{DateTime, FixedOffset, Local};
 use serde_json::{json, Value};
@@ -236,8 +236,8 @@ fn limits(ctx: &Ctx, rec: &CardRecord, amount: u32) -> Result<(), ApiError> {
 fn notify(ctx: &Ctx, p: &Payment) {
     let _ = ctx.events.send(Event::PaymentSettled {
         order_id: p.order_id.clone(),
-        kind: p.kind.clone(),
-        status: p.status.clone(),
+        kind: p.kind,
+        status: p.status,
     });
 }
 
@@ -280,7 +280,7 @@ fn recover(tx: &mut Transaction<'_>, p: &Payment) -> Result<Option<Payment>, App
         return Ok(None);
     }
     let mut s = p.clone();
-    if p.kind == "debit" {
+    if p.kind == PaymentKind::Debit {
         let tid: TerminalId = match p.terminal_id.parse() {
             Ok(t) => t,
             Err(_) => return Ok(None),
@@ -291,20 +291,20 @@ fn recover(tx: &mut Transaction<'_>, p: &Payment) -> Result<Option<Payment>, App
         };
         match app::recover_purchase(tx, counter, amount, &tid)? {
             Recovery::Happened { tac } => {
-                s.status = "completed".into();
+                s.status = PaymentStatus::Completed;
                 s.tac = tac;
             }
             // the card's log holds it but its proof was replaced: completed, no TAC
-            Recovery::HappenedWithoutProof => s.status = "completed".into(),
+            Recovery::HappenedWithoutProof => s.status = PaymentStatus::Completed,
             // the log no longer reaches back: leave it pending for manual settlement
             Recovery::Unknown => return Ok(None),
             // no proof for that counter: a later purchase may have replaced it, so the
             // log decides (a purchase cannot commit after its card session ended)
             Recovery::NotHappened => {
                 if find_in_log(tx, p, TXN_PURCHASE)?.is_some() {
-                    s.status = "completed".into();
+                    s.status = PaymentStatus::Completed;
                 } else {
-                    s.status = "failed".into();
+                    s.status = PaymentStatus::Failed;
                     s.balance_after_fen = s.balance_before_fen;
                 }
             }
@@ -312,11 +312,11 @@ fn recover(tx: &mut Transaction<'_>, p: &Payment) -> Result<Option<Payment>, App
     } else {
         match find_in_log(tx, p, TXN_LOAD)? {
             Some(online_counter) => {
-                s.status = "completed".into();
+                s.status = PaymentStatus::Completed;
                 s.counter = i64::from(online_counter);
             }
             None => {
-                s.status = "failed".into();
+                s.status = PaymentStatus::Failed;
                 s.balance_after_fen = s.balance_before_fen;
             }
         }
@@ -329,7 +329,7 @@ fn recover(tx: &mut Transaction<'_>, p: &Payment) -> Result<Option<Payment>, App
 pub fn settle_pending(
     card: &mut dyn CardTransport,
     ctx: &Ctx,
-    only: Option<(&str, &str)>,
+    only: Option<(&str, PaymentKind)>,
 ) -> Seen<Vec<Payment>> {
     on_card(card, |tx, rec| {
         let id = rec.card_id.to_hex();
@@ -378,7 +378,7 @@ fn repeat(
             format!("order {} was paid with another card", p.order_id),
         ));
     }
-    if p.status != "pending" {
+    if p.status != PaymentStatus::Pending {
         return Ok(p);
     }
     match recover(tx, &p).map_err(|e| from_driver(&e))? {
@@ -406,7 +406,7 @@ fn debit_card(
     // a repeat that raced with the first (two readers, or two clients)
     if let Some(p) = ctx
         .journal
-        .call_blocking(move |j| j.payment(&order, "debit"))
+        .call_blocking(move |j| j.payment(&order, PaymentKind::Debit))
         .map_err(jerr)?
     {
         if p.amount_fen != i64::from(req.amount) {
@@ -425,8 +425,8 @@ fn debit_card(
         let mut p = Payment {
             order_id: req.order_id.clone(),
             txn_id: format!("{tid}-{:08}", prepared.terminal_seq),
-            kind: "debit".into(),
-            status: "pending".into(),
+            kind: PaymentKind::Debit,
+            status: PaymentStatus::Pending,
             card_id: rec.card_id.to_hex(),
             card_number: rec.card_number.clone(),
             amount_fen: i64::from(req.amount),
@@ -455,7 +455,7 @@ fn debit_card(
         }
         match prepared.debit(tx, keys) {
             Ok(proof) => {
-                p.status = "completed".into();
+                p.status = PaymentStatus::Completed;
                 p.tac = proof.tac;
                 if let Err(e) = record(ctx, &p) {
                     // the card has paid: the row stays pending and recovery completes it
@@ -481,7 +481,7 @@ fn card_error(tx: &mut Transaction<'_>, ctx: &Ctx, p: &Payment, e: AppError) -> 
             if let Err(j) = record(ctx, &s) {
                 return j;
             }
-            if s.status == "failed" {
+            if s.status == PaymentStatus::Failed {
                 err
             } else {
                 err.with(json!({"payment": s.to_json()}))
@@ -545,7 +545,7 @@ fn refund_card(
     let order = o.order_id.clone();
     if let Some(p) = ctx
         .journal
-        .call_blocking(move |j| j.payment(&order, "refund"))
+        .call_blocking(move |j| j.payment(&order, PaymentKind::Refund))
         .map_err(jerr)?
     {
         if p.amount_fen != i64::from(req.amount) {
@@ -571,8 +571,8 @@ fn refund_card(
     let mut p = Payment {
         order_id: o.order_id.clone(),
         txn_id: format!("{tid}-R{seq:08}"),
-        kind: "refund".into(),
-        status: "pending".into(),
+        kind: PaymentKind::Refund,
+        status: PaymentStatus::Pending,
         card_id: o.card_id.clone(),
         card_number: rec.card_number.clone(),
         amount_fen: i64::from(req.amount),
@@ -604,7 +604,7 @@ fn refund_card(
     });
     match loaded {
         Ok(proof) => {
-            p.status = "completed".into();
+            p.status = PaymentStatus::Completed;
             p.tac = proof.tac;
             p.counter = i64::from(proof.online_counter);
             p.balance_before_fen = i64::from(proof.balance_before);

@@ -250,8 +250,8 @@ mod tests {
         Payment {
             order_id: format!("o-{txn}"),
             txn_id: txn.into(),
-            kind: "debit".into(),
-            status: "completed".into(),
+            kind: crate::journal::PaymentKind::Debit,
+            status: crate::journal::PaymentStatus::Completed,
             card_id: "00".repeat(16),
             card_number: "A00000001".into(),
             amount_fen: 100,

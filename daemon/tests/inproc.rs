@@ -735,8 +735,11 @@ async fn shutdown_lets_the_debit_in_flight_finish_and_closes_the_journal() {
     assert!(std::fs::metadata(journal.with_extension("db-wal")).map_or(true, |m| m.len() == 0));
     let j = Journal::open(&journal).unwrap();
     assert_eq!(
-        j.payment("S-1", "debit").unwrap().unwrap().status,
-        "completed"
+        j.payment("S-1", sscard_daemon::journal::PaymentKind::Debit)
+            .unwrap()
+            .unwrap()
+            .status,
+        sscard_daemon::journal::PaymentStatus::Completed
     );
     assert!(verify_chain(&journal).unwrap() >= 2);
 }

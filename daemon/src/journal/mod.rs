@@ -29,6 +29,7 @@
 //! - `audit_head`: the last `seq` and `hash`, written in the same transaction as each
 //!   audit row, so that deleting the newest rows is found too.
 
+pub mod payment;
 pub mod writer;
 
 use rusqlite::{params, Connection, OptionalExtension};
@@ -36,6 +37,7 @@ use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 use std::path::Path;
 
+pub use payment::{PaymentKind, PaymentStatus};
 pub use writer::{JournalError, JournalHandle};
 
 /// The schema this build writes.
@@ -53,10 +55,8 @@ pub struct Journal {
 pub struct Payment {
     pub order_id: String,
     pub txn_id: String,
-    /// `debit` or `refund`.
-    pub kind: String,
-    /// `pending`, `completed` or `failed`.
-    pub status: String,
+    pub kind: PaymentKind,
+    pub status: PaymentStatus,
     pub card_id: String,
     pub card_number: String,
     pub amount_fen: i64,
@@ -223,11 +223,11 @@ impl Journal {
     }
 
     /// The payment of an order (`kind` `debit` or `refund`).
-    pub fn payment(&self, order_id: &str, kind: &str) -> JResult<Option<Payment>> {
+    pub fn payment(&self, order_id: &str, kind: PaymentKind) -> JResult<Option<Payment>> {
         self.db
             .query_row(
                 &format!("SELECT {COLS} FROM payments WHERE order_id=?1 AND kind=?2"),
-                [order_id, kind],
+                params![order_id, kind],
                 row,
             )
             .optional()
@@ -567,12 +567,12 @@ pub fn parse_blacklist(text: &str) -> Result<Vec<BlacklistEntry>, String> {
 mod tests {
     use super::*;
 
-    fn payment(order: &str, amount: i64, status: &str) -> Payment {
+    fn payment(order: &str, amount: i64, status: PaymentStatus) -> Payment {
         Payment {
             order_id: order.into(),
             txn_id: format!("650200000001-{order}"),
-            kind: "debit".into(),
-            status: status.into(),
+            kind: PaymentKind::Debit,
+            status,
             card_id: "C".into(),
             card_number: "A1".into(),
             amount_fen: amount,
@@ -592,21 +592,26 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut j = Journal::open(&dir.path().join("j.db")).unwrap();
         assert_eq!((j.next_seq().unwrap(), j.next_seq().unwrap()), (1, 2));
-        j.insert(&payment("A", 100, "pending")).unwrap();
+        j.insert(&payment("A", 100, PaymentStatus::Pending))
+            .unwrap();
         assert!(
-            j.insert(&payment("A", 100, "pending")).is_err(),
+            j.insert(&payment("A", 100, PaymentStatus::Pending))
+                .is_err(),
             "order is unique"
         );
-        j.insert(&payment("B", 50, "pending")).unwrap();
-        j.insert(&payment("C", 7, "failed")).unwrap();
+        j.insert(&payment("B", 50, PaymentStatus::Pending)).unwrap();
+        j.insert(&payment("C", 7, PaymentStatus::Failed)).unwrap();
         assert_eq!(j.card_day_total("C", "2026-11-23").unwrap(), 150);
         assert_eq!(j.pending().unwrap().len(), 2);
-        let mut done = payment("A", 100, "completed");
+        let mut done = payment("A", 100, PaymentStatus::Completed);
         done.tac = "0102A0B0".into();
         assert!(j.settle(&done).unwrap());
         assert!(!j.settle(&done).unwrap(), "only a pending row settles");
-        assert_eq!(j.payment("A", "debit").unwrap().unwrap().tac, "0102A0B0");
-        assert_eq!(j.payment("A", "refund").unwrap(), None);
+        assert_eq!(
+            j.payment("A", PaymentKind::Debit).unwrap().unwrap().tac,
+            "0102A0B0"
+        );
+        assert_eq!(j.payment("A", PaymentKind::Refund).unwrap(), None);
         let up = j.to_upload(10).unwrap();
         assert_eq!(up.len(), 1);
         j.mark_uploaded(&[up[0].txn_id.clone()]).unwrap();

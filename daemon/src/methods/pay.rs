@@ -10,7 +10,7 @@ use super::params::Params;
 use super::{ctx, on_card, outcome};
 use crate::config::Operator;
 use crate::error::ApiError;
-use crate::journal::Payment;
+use crate::journal::{Payment, PaymentKind, PaymentStatus};
 use crate::ops::{self, DebitRequest, RefundRequest};
 use crate::session::Role;
 use crate::state::State;
@@ -25,10 +25,10 @@ fn summary(p: &Payment) -> String {
     )
 }
 
-async fn recorded(st: &State, order: &str, kind: &str) -> Result<Option<Payment>, ApiError> {
-    let (o, k) = (order.to_string(), kind.to_string());
+async fn recorded(st: &State, order: &str, kind: PaymentKind) -> Result<Option<Payment>, ApiError> {
+    let (o, k) = (order.to_string(), kind);
     st.journal
-        .call(move |j| j.payment(&o, &k))
+        .call(move |j| j.payment(&o, k))
         .await
         .map_err(ApiError::journal)
 }
@@ -38,10 +38,10 @@ async fn recorded(st: &State, order: &str, kind: &str) -> Result<Option<Payment>
 async fn settle(st: &Arc<State>, op: &Operator, p: Payment) -> Payment {
     for r in st.readers.list().into_iter().filter(|r| r.presence().0) {
         let c = ctx(st);
-        let (o, k) = (p.order_id.clone(), p.kind.clone());
+        let (o, k) = (p.order_id.clone(), p.kind);
         let res = r
             .run(st.reader_wait(), move |t| {
-                Ok(ops::settle_pending(t, &c, Some((&o, &k))))
+                Ok(ops::settle_pending(t, &c, Some((&o, k))))
             })
             .await;
         if let Ok((card, Ok(done))) = res {
@@ -73,7 +73,7 @@ pub async fn debit(st: &Arc<State>, op: &Operator, p: &Params<'_>) -> Result<Val
     let amount = p.fen("amount_fen")?;
     let pin = p.pin("pin")?;
     let reader = p.opt_str("reader")?;
-    if let Some(e) = recorded(st, &order, "debit").await? {
+    if let Some(e) = recorded(st, &order, PaymentKind::Debit).await? {
         if e.amount_fen != i64::from(amount) {
             let err = ApiError::kind(
                 "DUPLICATE_ORDER",
@@ -94,8 +94,8 @@ pub async fn debit(st: &Arc<State>, op: &Operator, p: &Params<'_>) -> Result<Val
         }
         if st.readers.pick(reader).is_err() {
             // no card to compare: the record answers (no money moves either way)
-            return match e.status.as_str() {
-                "pending" => Err(uncertain(&e)),
+            return match e.status {
+                PaymentStatus::Pending => Err(uncertain(&e)),
                 _ => Ok(e.to_json()),
             };
         }
@@ -109,8 +109,8 @@ pub async fn debit(st: &Arc<State>, op: &Operator, p: &Params<'_>) -> Result<Val
             |p| format!("repeat: {}", summary(p)),
         )
         .await?;
-        return match p.status.as_str() {
-            "pending" => Err(uncertain(&p)),
+        return match p.status {
+            PaymentStatus::Pending => Err(uncertain(&p)),
             _ => Ok(p.to_json()),
         };
     }
@@ -138,15 +138,17 @@ pub async fn debit(st: &Arc<State>, op: &Operator, p: &Params<'_>) -> Result<Val
 pub async fn query(st: &Arc<State>, op: &Operator, p: &Params<'_>) -> Result<Value, ApiError> {
     p.only(&["order_id", "kind"])?;
     let order = p.order_id("order_id")?;
-    let kind = p.opt_str("kind")?.unwrap_or("debit");
-    if kind != "debit" && kind != "refund" {
-        return Err(ApiError::params("kind: debit or refund"));
-    }
+    let kind = match p.opt_str("kind")? {
+        None => PaymentKind::Debit,
+        Some(k) => {
+            PaymentKind::parse(k).ok_or_else(|| ApiError::params("kind: debit or refund"))?
+        }
+    };
     let pay = recorded(st, &order, kind)
         .await?
         .ok_or_else(|| ApiError::params(format!("order_id: no {kind} for order {order:?}")))?;
     // an auditor never touches a card: they see the record as it is
-    let pay = if pay.status == "pending" && op.role != Role::Auditor {
+    let pay = if pay.status == PaymentStatus::Pending && op.role != Role::Auditor {
         settle(st, op, pay).await
     } else {
         pay
@@ -179,12 +181,12 @@ pub async fn refund(st: &Arc<State>, op: &Operator, p: &Params<'_>) -> Result<Va
         .await;
         return Err(e);
     }
-    let original = recorded(st, &order, "debit")
+    let original = recorded(st, &order, PaymentKind::Debit)
         .await?
         .ok_or_else(|| ApiError::params(format!("order_id: no debit for order {order:?}")))?;
-    match original.status.as_str() {
-        "completed" => {}
-        "pending" => return Err(uncertain(&original)),
+    match original.status {
+        PaymentStatus::Completed => {}
+        PaymentStatus::Pending => return Err(uncertain(&original)),
         _ => {
             return Err(ApiError::params(format!(
                 "order_id: the debit of order {order:?} failed; there is nothing to refund"
@@ -213,8 +215,8 @@ pub async fn refund(st: &Arc<State>, op: &Operator, p: &Params<'_>) -> Result<Va
         summary,
     )
     .await?;
-    match p.status.as_str() {
-        "pending" => Err(uncertain(&p)),
+    match p.status {
+        PaymentStatus::Pending => Err(uncertain(&p)),
         _ => Ok(p.to_json()),
     }
 }

@@ -3,7 +3,7 @@
 use super::params::Params;
 use crate::config::Operator;
 use crate::error::ApiError;
-use crate::journal::Payment;
+use crate::journal::{Payment, PaymentKind, PaymentStatus};
 use crate::state::State;
 use serde_json::{json, Value};
 use std::sync::Arc;
@@ -20,17 +20,17 @@ pub async fn day(st: &Arc<State>, op: &Operator, p: &Params<'_>) -> Result<Value
         .call(move |j| j.day(&d))
         .await
         .map_err(ApiError::journal)?;
-    let done = |k: &'static str| {
+    let done = |k: PaymentKind| {
         list.iter()
-            .filter(move |x| x.kind == k && x.status == "completed")
+            .filter(move |x| x.kind == k && x.status == PaymentStatus::Completed)
     };
     let v = json!({
         "date": date,
-        "count": done("debit").count(),
-        "total_fen": done("debit").map(|x| x.amount_fen).sum::<i64>(),
-        "refund_count": done("refund").count(),
-        "refund_total_fen": done("refund").map(|x| x.amount_fen).sum::<i64>(),
-        "pending_count": list.iter().filter(|x| x.status == "pending").count(),
+        "count": done(PaymentKind::Debit).count(),
+        "total_fen": done(PaymentKind::Debit).map(|x| x.amount_fen).sum::<i64>(),
+        "refund_count": done(PaymentKind::Refund).count(),
+        "refund_total_fen": done(PaymentKind::Refund).map(|x| x.amount_fen).sum::<i64>(),
+        "pending_count": list.iter().filter(|x| x.status == PaymentStatus::Pending).count(),
         "transactions": list.iter().map(Payment::to_json).collect::<Vec<_>>(),
     });
     st.upload_wake.notify_one();
