@@ -6,31 +6,74 @@ use sscard_driver::app::AppError;
 use sscard_driver::keyprovider::KeyError;
 use sscard_driver::TransportError;
 
-/// The stable error kinds of api.md with their codes.
-pub const KINDS: [(&str, i64); 22] = [
-    ("NO_READER", 1001),
-    ("NO_CARD", 1002),
-    ("CARD_REMOVED", 1003),
-    ("READER_BUSY", 1004),
-    ("AMBIGUOUS_READER", 1005),
-    ("CARD_NOT_SUPPORTED", 1006),
-    ("CARD_BLOCKED", 1007),
-    ("CARD_EXPIRED", 1008),
-    ("NOT_GENUINE", 1009),
-    ("BLACKLISTED", 1010),
-    ("PIN_WRONG", 2001),
-    ("PIN_BLOCKED", 2002),
-    ("INSUFFICIENT_FUNDS", 3001),
-    ("LIMIT_EXCEEDED", 3002),
-    ("DUPLICATE_ORDER", 3003),
-    ("TRANSACTION_UNCERTAIN", 3004),
-    ("UNAUTHENTICATED", 4001),
-    ("FORBIDDEN", 4002),
-    ("OPERATOR_DISABLED", 4003),
-    ("NOT_SUPPORTED", 5001),
-    ("KEY_UNAVAILABLE", 5002),
-    ("JOURNAL_UNAVAILABLE", 5003),
-];
+macro_rules! kinds {
+    ($($(#[$doc:meta])* $v:ident = $name:literal, $code:literal;)*) => {
+        /// The stable error kinds of api.md ("Errors" and the 1.1 additions), each with
+        /// its code and name (`error.data.kind`).
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+        pub enum ErrorKind {
+            $($(#[$doc])* $v,)*
+        }
+
+        impl ErrorKind {
+            /// Every kind, in the order of api.md.
+            pub const ALL: &'static [ErrorKind] = &[$(ErrorKind::$v,)*];
+
+            /// The stable name of `error.data.kind`.
+            pub fn name(self) -> &'static str {
+                match self {
+                    $(ErrorKind::$v => $name,)*
+                }
+            }
+
+            /// The JSON-RPC error code.
+            pub fn code(self) -> i64 {
+                match self {
+                    $(ErrorKind::$v => $code,)*
+                }
+            }
+        }
+    };
+}
+
+kinds! {
+    NoReader = "NO_READER", 1001;
+    NoCard = "NO_CARD", 1002;
+    CardRemoved = "CARD_REMOVED", 1003;
+    ReaderBusy = "READER_BUSY", 1004;
+    AmbiguousReader = "AMBIGUOUS_READER", 1005;
+    CardNotSupported = "CARD_NOT_SUPPORTED", 1006;
+    CardBlocked = "CARD_BLOCKED", 1007;
+    CardExpired = "CARD_EXPIRED", 1008;
+    NotGenuine = "NOT_GENUINE", 1009;
+    Blacklisted = "BLACKLISTED", 1010;
+    /// The card's insured status (EF15 tag 22) is `02`, suspended (api.md 1.1).
+    InsuranceSuspended = "INSURANCE_SUSPENDED", 1011;
+    /// The card in the reader is not the one the call names (api.md 1.1).
+    CardChanged = "CARD_CHANGED", 1012;
+    PinWrong = "PIN_WRONG", 2001;
+    PinBlocked = "PIN_BLOCKED", 2002;
+    PinEntryCancelled = "PIN_ENTRY_CANCELLED", 2003;
+    PinEntryTimeout = "PIN_ENTRY_TIMEOUT", 2004;
+    PinEntryMismatch = "PIN_ENTRY_MISMATCH", 2005;
+    PinEntryLength = "PIN_ENTRY_LENGTH", 2006;
+    InsufficientFunds = "INSUFFICIENT_FUNDS", 3001;
+    LimitExceeded = "LIMIT_EXCEEDED", 3002;
+    DuplicateOrder = "DUPLICATE_ORDER", 3003;
+    TransactionUncertain = "TRANSACTION_UNCERTAIN", 3004;
+    Unauthenticated = "UNAUTHENTICATED", 4001;
+    Forbidden = "FORBIDDEN", 4002;
+    OperatorDisabled = "OPERATOR_DISABLED", 4003;
+    NotSupported = "NOT_SUPPORTED", 5001;
+    KeyUnavailable = "KEY_UNAVAILABLE", 5002;
+    JournalUnavailable = "JOURNAL_UNAVAILABLE", 5003;
+}
+
+impl std::fmt::Display for ErrorKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
 
 /// JSON-RPC's own codes.
 pub const PARSE_ERROR: i64 = -32700;
@@ -43,22 +86,17 @@ pub const INVALID_PARAMS: i64 = -32602;
 pub struct ApiError {
     pub code: i64,
     /// `error.data.kind`; `None` for the JSON-RPC protocol errors.
-    pub kind: Option<&'static str>,
+    pub kind: Option<ErrorKind>,
     pub message: String,
     /// More members of `error.data` (`tries_left`, `payment`, …).
     pub extra: Option<Value>,
 }
 
 impl ApiError {
-    /// An error of one of the kinds of [`KINDS`] (a kind not listed there, a bug, gets
-    /// code 5001 rather than a panic).
-    pub fn kind(kind: &'static str, message: impl Into<String>) -> Self {
-        let code = KINDS
-            .iter()
-            .find(|(k, _)| *k == kind)
-            .map_or(5001, |(_, c)| *c);
+    /// An error of one of the API's kinds.
+    pub fn kind(kind: ErrorKind, message: impl Into<String>) -> Self {
         ApiError {
-            code,
+            code: kind.code(),
             kind: Some(kind),
             message: message.into(),
             extra: None,
@@ -96,14 +134,14 @@ impl ApiError {
         Self::protocol(INVALID_PARAMS, message)
     }
     pub fn journal(e: impl std::fmt::Display) -> Self {
-        ApiError::kind("JOURNAL_UNAVAILABLE", format!("journal: {e}"))
+        ApiError::kind(ErrorKind::JournalUnavailable, format!("journal: {e}"))
     }
 
     /// The JSON-RPC error object.
     pub fn to_json(&self) -> Value {
         let mut data = serde_json::Map::new();
         if let Some(k) = self.kind {
-            data.insert("kind".into(), json!(k));
+            data.insert("kind".into(), json!(k.name()));
         }
         if let Some(Value::Object(m)) = &self.extra {
             for (k, v) in m {
@@ -147,47 +185,54 @@ pub fn from_driver<'a>(e: impl Into<DriverError<'a>>) -> ApiError {
     use ApiError as E;
     match e.into() {
         DriverError::Transport(t) => match t {
-            TransportError::NoCard => E::kind("NO_CARD", "no card in the reader"),
-            TransportError::NoReader(r) => E::kind("NO_READER", format!("no such reader: {r}")),
-            TransportError::ServiceUnavailable(m) => {
-                E::kind("NO_READER", format!("smart-card service unavailable: {m}"))
+            TransportError::NoCard => E::kind(ErrorKind::NoCard, "no card in the reader"),
+            TransportError::NoReader(r) => {
+                E::kind(ErrorKind::NoReader, format!("no such reader: {r}"))
             }
-            TransportError::Busy => {
-                E::kind("READER_BUSY", "the reader is in use by another program")
-            }
+            TransportError::ServiceUnavailable(m) => E::kind(
+                ErrorKind::NoReader,
+                format!("smart-card service unavailable: {m}"),
+            ),
+            TransportError::Busy => E::kind(
+                ErrorKind::ReaderBusy,
+                "the reader is in use by another program",
+            ),
             TransportError::Apdu(_) | TransportError::Protocol(_) => {
-                E::kind("CARD_NOT_SUPPORTED", t.to_string())
+                E::kind(ErrorKind::CardNotSupported, t.to_string())
             }
-            TransportError::Pcsc(_) => E::kind("NO_READER", t.to_string()),
+            TransportError::Pcsc(_) => E::kind(ErrorKind::NoReader, t.to_string()),
             // removed, reset, mute, link lost: whatever was in flight may have happened
-            _ => E::kind("CARD_REMOVED", t.to_string()),
+            _ => E::kind(ErrorKind::CardRemoved, t.to_string()),
         },
         DriverError::Key(k) => match k {
-            KeyError::WrongRegion { .. } => E::kind("CARD_NOT_SUPPORTED", k.to_string()),
+            KeyError::WrongRegion { .. } => E::kind(ErrorKind::CardNotSupported, k.to_string()),
             KeyError::Sequence(_) => E::journal(k),
-            _ => E::kind("KEY_UNAVAILABLE", k.to_string()),
+            _ => E::kind(ErrorKind::KeyUnavailable, k.to_string()),
         },
         DriverError::App(a) => match a {
             AppError::Transport(t) => from_driver(t),
-            AppError::NotSupported(m) => E::kind("CARD_NOT_SUPPORTED", m.clone()),
-            AppError::Blocked => E::kind("CARD_BLOCKED", "the application is blocked"),
-            AppError::PinWrong { tries_left } => {
-                E::kind("PIN_WRONG", format!("wrong PIN, {tries_left} tries left"))
-                    .with(json!({"tries_left": tries_left}))
-            }
-            AppError::PinBlocked => E::kind("PIN_BLOCKED", "the PIN is blocked"),
+            AppError::NotSupported(m) => E::kind(ErrorKind::CardNotSupported, m.clone()),
+            AppError::Blocked => E::kind(ErrorKind::CardBlocked, "the application is blocked"),
+            AppError::PinWrong { tries_left } => E::kind(
+                ErrorKind::PinWrong,
+                format!("wrong PIN, {tries_left} tries left"),
+            )
+            .with(json!({"tries_left": tries_left})),
+            AppError::PinBlocked => E::kind(ErrorKind::PinBlocked, "the PIN is blocked"),
             AppError::NotGenuine | AppError::AuthFailed | AppError::MacMismatch(_) => {
-                E::kind("NOT_GENUINE", a.to_string())
+                E::kind(ErrorKind::NotGenuine, a.to_string())
             }
-            AppError::InsufficientFunds => E::kind("INSUFFICIENT_FUNDS", "insufficient funds"),
-            AppError::Uncertain { .. } => E::kind("TRANSACTION_UNCERTAIN", a.to_string()),
+            AppError::InsufficientFunds => {
+                E::kind(ErrorKind::InsufficientFunds, "insufficient funds")
+            }
+            AppError::Uncertain { .. } => E::kind(ErrorKind::TransactionUncertain, a.to_string()),
             AppError::KeyUnavailable(p) => {
-                E::kind("KEY_UNAVAILABLE", format!("key {p} not available"))
+                E::kind(ErrorKind::KeyUnavailable, format!("key {p} not available"))
             }
-            AppError::Card(sw) => E::kind("CARD_NOT_SUPPORTED", a.to_string())
+            AppError::Card(sw) => E::kind(ErrorKind::CardNotSupported, a.to_string())
                 .with(json!({"sw": format!("{:04X}", sw.code())})),
             // malformed records, refused security state, data the card rejects
-            _ => E::kind("CARD_NOT_SUPPORTED", a.to_string()),
+            _ => E::kind(ErrorKind::CardNotSupported, a.to_string()),
         },
     }
 }
@@ -199,10 +244,46 @@ mod tests {
 
     #[test]
     fn codes_are_those_of_the_contract() {
-        for (k, c) in KINDS {
-            assert_eq!(ApiError::kind(k, "").code, c);
+        // every `NAME` (code) pair that api.md fixes is a kind with that code, and no
+        // kind is missing from the contract
+        let spec = std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../shared/spec/api.md"
+        ))
+        .expect("api.md beside the repository");
+        let spec = spec.split_whitespace().collect::<Vec<_>>().join(" ");
+        let mut fixed = Vec::new();
+        for (i, _) in spec.match_indices('`') {
+            let rest = &spec[i + 1..];
+            let Some(end) = rest.find('`') else { continue };
+            let name = &rest[..end];
+            let after = &rest[end + 1..];
+            if !name.is_empty()
+                && name.bytes().all(|b| b.is_ascii_uppercase() || b == b'_')
+                && after.starts_with(" (")
+            {
+                if let Ok(code) = after[2..]
+                    .chars()
+                    .take(4)
+                    .collect::<String>()
+                    .parse::<i64>()
+                {
+                    fixed.push((name.to_string(), code));
+                }
+            }
         }
-        let e = ApiError::kind("PIN_WRONG", "m").with(json!({"tries_left": 2}));
+        fixed.dedup();
+        assert!(fixed.len() >= 28, "{fixed:?}");
+        for (name, code) in &fixed {
+            let k = ErrorKind::ALL
+                .iter()
+                .find(|k| k.name() == name)
+                .unwrap_or_else(|| panic!("{name} has no ErrorKind"));
+            assert_eq!(k.code(), *code, "{name}");
+            assert_eq!(ApiError::kind(*k, "").code, *code);
+        }
+        assert_eq!(fixed.len(), ErrorKind::ALL.len());
+        let e = ApiError::kind(ErrorKind::PinWrong, "m").with(json!({"tries_left": 2}));
         assert_eq!(
             e.to_json(),
             json!({"code": 2001, "message": "m", "data": {"kind": "PIN_WRONG", "tries_left": 2}})
@@ -216,40 +297,49 @@ mod tests {
     #[test]
     fn driver_errors_map_to_kinds() {
         let k = |e: AppError| from_driver(&e).kind;
-        assert_eq!(k(AppError::PinWrong { tries_left: 1 }), Some("PIN_WRONG"));
-        assert_eq!(k(AppError::PinBlocked), Some("PIN_BLOCKED"));
-        assert_eq!(k(AppError::Blocked), Some("CARD_BLOCKED"));
-        assert_eq!(k(AppError::NotGenuine), Some("NOT_GENUINE"));
-        assert_eq!(k(AppError::InsufficientFunds), Some("INSUFFICIENT_FUNDS"));
+        assert_eq!(
+            k(AppError::PinWrong { tries_left: 1 }),
+            Some(ErrorKind::PinWrong)
+        );
+        assert_eq!(k(AppError::PinBlocked), Some(ErrorKind::PinBlocked));
+        assert_eq!(k(AppError::Blocked), Some(ErrorKind::CardBlocked));
+        assert_eq!(k(AppError::NotGenuine), Some(ErrorKind::NotGenuine));
+        assert_eq!(
+            k(AppError::InsufficientFunds),
+            Some(ErrorKind::InsufficientFunds)
+        );
         assert_eq!(
             k(AppError::Uncertain {
                 step: "DEBIT",
                 source: TransportError::CardRemoved
             }),
-            Some("TRANSACTION_UNCERTAIN")
+            Some(ErrorKind::TransactionUncertain)
         );
-        assert_eq!(k(AppError::KeyUnavailable("LOAD")), Some("KEY_UNAVAILABLE"));
+        assert_eq!(
+            k(AppError::KeyUnavailable("LOAD")),
+            Some(ErrorKind::KeyUnavailable)
+        );
         assert_eq!(
             k(AppError::NotSupported("x".into())),
-            Some("CARD_NOT_SUPPORTED")
+            Some(ErrorKind::CardNotSupported)
         );
         assert_eq!(
             k(AppError::Transport(TransportError::CardRemoved)),
-            Some("CARD_REMOVED")
+            Some(ErrorKind::CardRemoved)
         );
         assert_eq!(
             k(AppError::Transport(TransportError::NoCard)),
-            Some("NO_CARD")
+            Some(ErrorKind::NoCard)
         );
         let e = from_driver(&AppError::Card(StatusWord::from(0x6A86)));
         assert_eq!(e.to_json()["data"]["sw"], "6A86");
         assert_eq!(
             from_driver(&KeyError::Sequence("x".into())).kind,
-            Some("JOURNAL_UNAVAILABLE")
+            Some(ErrorKind::JournalUnavailable)
         );
         assert_eq!(
             from_driver(&KeyError::Unavailable("LOAD")).kind,
-            Some("KEY_UNAVAILABLE")
+            Some(ErrorKind::KeyUnavailable)
         );
     }
 }

@@ -13,7 +13,7 @@
 //!   TRANSACTION PROOF (§6 step 4) and the transaction log (§3).
 
 use crate::config::Config;
-use crate::error::{from_driver, ApiError};
+use crate::error::{from_driver, ApiError, ErrorKind};
 use crate::events::Event;
 use crate::journal::{JournalError, JournalHandle, Payment, PaymentKind, PaymentStatus};
 use crate::keys::KeySource;
@@ -102,7 +102,7 @@ fn same_city(ctx: &Ctx, rec: &CardRecord) -> Result<(), ApiError> {
     let card = rec.card_id.region();
     if card.city() != ctx.config.region.city() {
         return Err(ApiError::kind(
-            "CARD_NOT_SUPPORTED",
+            ErrorKind::CardNotSupported,
             format!(
                 "a card of region {card}; this terminal serves {}",
                 ctx.config.region
@@ -141,7 +141,10 @@ pub fn pin_or_balance(
 ) -> Seen<Value> {
     on_card(card, |tx, rec| {
         if rec.blocked {
-            return Err(ApiError::kind("CARD_BLOCKED", "the application is blocked"));
+            return Err(ApiError::kind(
+                ErrorKind::CardBlocked,
+                "the application is blocked",
+            ));
         }
         match (pin, new) {
             (Some(p), Some(n)) => app::change_pin(tx, p, n)
@@ -179,22 +182,25 @@ fn check_card(tx: &mut Transaction<'_>, ctx: &Ctx, rec: &CardRecord) -> Result<(
             }
         }
         return Err(ApiError::kind(
-            "BLACKLISTED",
+            ErrorKind::Blacklisted,
             format!("the card is blacklisted: {reason}{note}"),
         ));
     }
     if rec.blocked {
-        return Err(ApiError::kind("CARD_BLOCKED", "the application is blocked"));
+        return Err(ApiError::kind(
+            ErrorKind::CardBlocked,
+            "the application is blocked",
+        ));
     }
     if rec.expiry_date < Local::now().date_naive() {
         return Err(ApiError::kind(
-            "CARD_EXPIRED",
+            ErrorKind::CardExpired,
             format!("the card expired on {}", rec.expiry_date),
         ));
     }
     if !genuine(tx, ctx, rec)? {
         return Err(ApiError::kind(
-            "NOT_GENUINE",
+            ErrorKind::NotGenuine,
             "internal authentication failed: the card does not hold this city's keys",
         ));
     }
@@ -205,7 +211,7 @@ fn limits(ctx: &Ctx, rec: &CardRecord, amount: u32) -> Result<(), ApiError> {
     let l = &ctx.config.limits;
     if u64::from(amount) > l.per_transaction_fen {
         return Err(ApiError::kind(
-            "LIMIT_EXCEEDED",
+            ErrorKind::LimitExceeded,
             format!(
                 "{amount} fen is over the per-transaction limit of {} fen",
                 l.per_transaction_fen
@@ -221,7 +227,7 @@ fn limits(ctx: &Ctx, rec: &CardRecord, amount: u32) -> Result<(), ApiError> {
     let spent = u64::try_from(spent).unwrap_or(0);
     if spent + u64::from(amount) > l.per_card_per_day_fen {
         return Err(ApiError::kind(
-            "LIMIT_EXCEEDED",
+            ErrorKind::LimitExceeded,
             format!(
                 "{amount} fen would bring the card's day to {} fen, over its daily limit of {} fen",
                 spent + u64::from(amount),
@@ -374,7 +380,7 @@ fn repeat(
 ) -> Result<Payment, ApiError> {
     if p.card_id != rec.card_id.to_hex() {
         return Err(ApiError::kind(
-            "DUPLICATE_ORDER",
+            ErrorKind::DuplicateOrder,
             format!("order {} was paid with another card", p.order_id),
         ));
     }
@@ -446,8 +452,7 @@ fn debit_card(
             Err(JournalError::Db(rusqlite::Error::SqliteFailure(f, _)))
                 if f.extended_code == SQLITE_CONSTRAINT_PRIMARYKEY =>
             {
-                return Err(ApiError::kind(
-                    "DUPLICATE_ORDER",
+                return Err(ApiError::kind(ErrorKind::DuplicateOrder,
                     format!("order {} is being paid at the same time", p.order_id),
                 ))
             }
@@ -488,7 +493,7 @@ fn card_error(tx: &mut Transaction<'_>, ctx: &Ctx, p: &Payment, e: AppError) -> 
             }
         }
         _ => ApiError::kind(
-            "TRANSACTION_UNCERTAIN",
+            ErrorKind::TransactionUncertain,
             format!("{}; the outcome is not known yet", err.message),
         )
         .with(json!({"payment": p.to_json()})),
@@ -497,7 +502,7 @@ fn card_error(tx: &mut Transaction<'_>, ctx: &Ctx, p: &Payment, e: AppError) -> 
 
 fn duplicate(p: &Payment) -> ApiError {
     ApiError::kind(
-        "DUPLICATE_ORDER",
+        ErrorKind::DuplicateOrder,
         format!(
             "order {} exists ({} of {} fen, {})",
             p.order_id, p.kind, p.amount_fen, p.status
@@ -535,7 +540,7 @@ fn refund_card(
     let o = &req.original;
     if o.card_id != rec.card_id.to_hex() {
         return Err(ApiError::kind(
-            "NO_CARD",
+            ErrorKind::NoCard,
             format!(
                 "the card of order {} (card number {}) is not in the reader",
                 o.order_id, o.card_number
@@ -555,11 +560,14 @@ fn refund_card(
     }
     same_city(ctx, rec)?;
     if rec.blocked {
-        return Err(ApiError::kind("CARD_BLOCKED", "the application is blocked"));
+        return Err(ApiError::kind(
+            ErrorKind::CardBlocked,
+            "the application is blocked",
+        ));
     }
     if !genuine(tx, ctx, rec)? {
         return Err(ApiError::kind(
-            "NOT_GENUINE",
+            ErrorKind::NotGenuine,
             "internal authentication failed: the card does not hold this city's keys",
         ));
     }
@@ -593,7 +601,7 @@ fn refund_card(
             if f.extended_code == SQLITE_CONSTRAINT_PRIMARYKEY =>
         {
             return Err(ApiError::kind(
-                "DUPLICATE_ORDER",
+                ErrorKind::DuplicateOrder,
                 format!("order {} is being refunded at the same time", p.order_id),
             ))
         }

@@ -269,7 +269,12 @@ async fn handle_line(st: &Arc<State>, conn: &mut Connection, line: &[u8]) -> Opt
         .instrument(tracing::debug_span!("request", method))
         .await;
     if let Err(e) = &r {
-        tracing::debug!(code = e.code, kind = e.kind, "{method}: {}", e.message);
+        tracing::debug!(
+            code = e.code,
+            kind = e.kind.map(|k| k.name()),
+            "{method}: {}",
+            e.message
+        );
     }
     id.map(|i| reply(&i, r))
 }

@@ -6,7 +6,7 @@
 //! their token stops their sessions at their very next call.
 
 use crate::config::{Config, Operator};
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorKind};
 use serde::Deserialize;
 
 /// A staff role.
@@ -41,10 +41,10 @@ impl Session {
     pub fn login(&mut self, config: &Config, token: &str) -> Result<Operator, ApiError> {
         let op = config
             .operator_by_token(token)
-            .ok_or_else(|| ApiError::kind("UNAUTHENTICATED", "unknown token"))?;
+            .ok_or_else(|| ApiError::kind(ErrorKind::Unauthenticated, "unknown token"))?;
         if !op.enabled {
             return Err(ApiError::kind(
-                "OPERATOR_DISABLED",
+                ErrorKind::OperatorDisabled,
                 format!("operator {} is disabled", op.name),
             ));
         }
@@ -54,22 +54,21 @@ impl Session {
 
     /// The operator of this session as the configuration says now.
     pub fn operator(&self, config: &Config) -> Result<Operator, ApiError> {
-        let (name, hash) = self
-            .login
-            .as_ref()
-            .ok_or_else(|| ApiError::kind("UNAUTHENTICATED", "call session.login first"))?;
+        let (name, hash) = self.login.as_ref().ok_or_else(|| {
+            ApiError::kind(ErrorKind::Unauthenticated, "call session.login first")
+        })?;
         let op = config
             .operator(name)
             .filter(|o| sscard_driver::crypto::ct_eq(o.token_sha256.as_bytes(), hash.as_bytes()))
             .ok_or_else(|| {
                 ApiError::kind(
-                    "UNAUTHENTICATED",
+                    ErrorKind::Unauthenticated,
                     "the operator or their token changed; log in again",
                 )
             })?;
         if !op.enabled {
             return Err(ApiError::kind(
-                "OPERATOR_DISABLED",
+                ErrorKind::OperatorDisabled,
                 format!("operator {} is disabled", op.name),
             ));
         }
@@ -98,27 +97,27 @@ mod tests {
         let mut s = Session::default();
         assert_eq!(
             s.operator(&config(true)).unwrap_err().kind,
-            Some("UNAUTHENTICATED")
+            Some(ErrorKind::Unauthenticated)
         );
         assert_eq!(
             s.login(&config(true), "x").unwrap_err().kind,
-            Some("UNAUTHENTICATED")
+            Some(ErrorKind::Unauthenticated)
         );
         assert_eq!(
             s.login(&config(false), "t").unwrap_err().kind,
-            Some("OPERATOR_DISABLED")
+            Some(ErrorKind::OperatorDisabled)
         );
         s.login(&config(true), "t").unwrap();
         assert_eq!(s.operator(&config(true)).unwrap().name, "li");
         assert_eq!(
             s.operator(&config(false)).unwrap_err().kind,
-            Some("OPERATOR_DISABLED")
+            Some(ErrorKind::OperatorDisabled)
         );
         let mut changed = config(true);
         changed.operators[0].token_sha256 = token_hash("new");
         assert_eq!(
             s.operator(&changed).unwrap_err().kind,
-            Some("UNAUTHENTICATED")
+            Some(ErrorKind::Unauthenticated)
         );
     }
 }

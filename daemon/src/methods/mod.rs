@@ -13,7 +13,7 @@ pub mod settle;
 pub mod system;
 
 use crate::config::Operator;
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorKind};
 use crate::ops::{Ctx, Seen};
 use crate::session::Role;
 use crate::state::State;
@@ -121,7 +121,7 @@ pub fn authorize(m: &Method, op: &Operator) -> Result<(), ApiError> {
         Ok(())
     } else {
         Err(ApiError::kind(
-            "FORBIDDEN",
+            ErrorKind::Forbidden,
             format!("a {} may not call {}", op.role.name(), m.name),
         ))
     }

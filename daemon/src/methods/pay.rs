@@ -9,7 +9,7 @@
 use super::params::Params;
 use super::{ctx, on_card, outcome};
 use crate::config::Operator;
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorKind};
 use crate::journal::{Payment, PaymentKind, PaymentStatus};
 use crate::ops::{self, DebitRequest, RefundRequest};
 use crate::session::Role;
@@ -57,7 +57,7 @@ async fn settle(st: &Arc<State>, op: &Operator, p: Payment) -> Payment {
 
 fn uncertain(p: &Payment) -> ApiError {
     ApiError::kind(
-        "TRANSACTION_UNCERTAIN",
+        ErrorKind::TransactionUncertain,
         format!(
             "order {} is pending: present its card to settle it",
             p.order_id
@@ -76,7 +76,7 @@ pub async fn debit(st: &Arc<State>, op: &Operator, p: &Params<'_>) -> Result<Val
     if let Some(e) = recorded(st, &order, PaymentKind::Debit).await? {
         if e.amount_fen != i64::from(amount) {
             let err = ApiError::kind(
-                "DUPLICATE_ORDER",
+                ErrorKind::DuplicateOrder,
                 format!(
                     "order {order} exists with {} fen, not {amount}",
                     e.amount_fen
@@ -168,7 +168,7 @@ pub async fn refund(st: &Arc<State>, op: &Operator, p: &Params<'_>) -> Result<Va
     let reader = p.opt_str("reader")?;
     if !st.keys.supports(KeyPurpose::Load) {
         let e = ApiError::kind(
-            "NOT_SUPPORTED",
+            ErrorKind::NotSupported,
             "refunds need the LOAD key, which this terminal's keys do not include",
         );
         st.audit(

@@ -17,7 +17,7 @@ pub mod pcsc;
 pub mod sim;
 pub mod source;
 
-use crate::error::{from_driver, ApiError};
+use crate::error::{from_driver, ApiError, ErrorKind};
 use crate::events::Event;
 use source::{Connector, LivePresence, ReaderSource, SourceEvent};
 use sscard_driver::transport::{CardTransport, TransportError};
@@ -86,7 +86,7 @@ impl ReaderHandle {
                 let _ = otx.send(r);
             }),
         };
-        let gone = || ApiError::kind("NO_READER", "the reader went away");
+        let gone = || ApiError::kind(ErrorKind::NoReader, "the reader went away");
         self.jobs.send(job).map_err(|_| gone())?;
         tokio::select! {
             r = &mut orx => return r.unwrap_or_else(|_| Err(gone())),
@@ -97,7 +97,7 @@ impl ReaderHandle {
             .is_ok()
         {
             return Err(ApiError::kind(
-                "READER_BUSY",
+                ErrorKind::ReaderBusy,
                 format!(
                     "reader {} stayed busy for {} ms",
                     self.name,
@@ -217,22 +217,25 @@ impl Readers {
     /// The reader a call names, or else the only one holding a card.
     pub fn pick(&self, name: Option<&str>) -> Result<ReaderHandle, ApiError> {
         if let Some(n) = name {
-            return self
-                .get(n)
-                .ok_or_else(|| ApiError::kind("NO_READER", format!("no reader named {n:?}")));
+            return self.get(n).ok_or_else(|| {
+                ApiError::kind(ErrorKind::NoReader, format!("no reader named {n:?}"))
+            });
         }
         let list = self.list();
         if list.is_empty() {
-            return Err(ApiError::kind("NO_READER", "no reader is connected"));
+            return Err(ApiError::kind(
+                ErrorKind::NoReader,
+                "no reader is connected",
+            ));
         }
         let mut with: Vec<ReaderHandle> = list.into_iter().filter(|r| r.presence().0).collect();
         match with.len() {
-            0 => Err(ApiError::kind("NO_CARD", "no reader holds a card")),
+            0 => Err(ApiError::kind(ErrorKind::NoCard, "no reader holds a card")),
             1 => with
                 .pop()
-                .ok_or_else(|| ApiError::kind("NO_CARD", "no reader holds a card")),
+                .ok_or_else(|| ApiError::kind(ErrorKind::NoCard, "no reader holds a card")),
             n => Err(ApiError::kind(
-                "AMBIGUOUS_READER",
+                ErrorKind::AmbiguousReader,
                 format!("{n} readers hold a card; name one with \"reader\""),
             )),
         }
@@ -417,7 +420,7 @@ mod tests {
             })
             .await
             .unwrap_err();
-        assert_eq!(busy.kind, Some("READER_BUSY"));
+        assert_eq!(busy.kind, Some(ErrorKind::ReaderBusy));
         let o = order.clone();
         r.run(Duration::from_secs(5), move |_| {
             o.lock().unwrap().push(3);
@@ -437,12 +440,21 @@ mod tests {
     async fn picking_readers() {
         let sim = sim::SimControl::new();
         let readers = readers_with(&sim).await;
-        assert_eq!(readers.pick(None).unwrap_err().kind, Some("NO_READER"));
+        assert_eq!(
+            readers.pick(None).unwrap_err().kind,
+            Some(ErrorKind::NoReader)
+        );
         sim.add_reader("a");
         sim.add_reader("b");
         tokio::time::sleep(Duration::from_millis(400)).await;
-        assert_eq!(readers.pick(None).unwrap_err().kind, Some("NO_CARD"));
-        assert_eq!(readers.pick(Some("c")).unwrap_err().kind, Some("NO_READER"));
+        assert_eq!(
+            readers.pick(None).unwrap_err().kind,
+            Some(ErrorKind::NoCard)
+        );
+        assert_eq!(
+            readers.pick(Some("c")).unwrap_err().kind,
+            Some(ErrorKind::NoReader)
+        );
         sim.slot("a")
             .unwrap()
             .insert(Box::new(EmulatedCard::default_test_card()));
@@ -452,7 +464,7 @@ mod tests {
             .insert(Box::new(EmulatedCard::default_test_card()));
         assert_eq!(
             readers.pick(None).unwrap_err().kind,
-            Some("AMBIGUOUS_READER")
+            Some(ErrorKind::AmbiguousReader)
         );
         // a named reader without a card: the job is told so
         sim.slot("b").unwrap().remove();
@@ -465,6 +477,6 @@ mod tests {
             })
             .await
             .unwrap_err();
-        assert_eq!(e.kind, Some("NO_CARD"));
+        assert_eq!(e.kind, Some(ErrorKind::NoCard));
     }
 }
