@@ -41,6 +41,7 @@ pub mod readers;
 pub mod server;
 pub mod session;
 pub mod state;
+pub mod text;
 pub mod upload;
 
 pub use config::Config;
