@@ -209,8 +209,14 @@ pub struct Config {
     pub reader_wait_ms: u64,
     /// How long a client may take to finish a line it began (then it is disconnected).
     pub line_timeout_ms: u64,
-    /// Connections served at once; more wait in the listen backlog.
+    /// Logged-in connections served at once (all listeners together).
     pub max_connections: usize,
+    /// How long a connection may take to log in (api.md 1.1).
+    pub login_timeout_ms: u64,
+    /// Connections of one listener that have not logged in yet (api.md 1.1).
+    pub max_unauthenticated: usize,
+    /// How long a logged-in connection may stay silent; 0 = never (api.md 1.1).
+    pub idle_timeout_ms: u64,
     pub backup: BackupConfig,
     pub upload: Option<UploadConfig>,
     pub operators: Vec<Operator>,
@@ -245,6 +251,12 @@ struct RawConfig {
     line_timeout_ms: u64,
     #[serde(default = "max_conn", deserialize_with = "positive_usize")]
     max_connections: usize,
+    #[serde(default = "login_timeout")]
+    login_timeout_ms: u64,
+    #[serde(default = "max_unauth", deserialize_with = "positive_usize")]
+    max_unauthenticated: usize,
+    #[serde(default)]
+    idle_timeout_ms: u64,
     #[serde(default)]
     backup: BackupConfig,
     upload: Option<UploadConfig>,
@@ -303,6 +315,12 @@ fn line_timeout() -> u64 {
 }
 fn max_conn() -> usize {
     64
+}
+fn login_timeout() -> u64 {
+    10_000
+}
+fn max_unauth() -> usize {
+    16
 }
 fn yes() -> bool {
     true
@@ -545,6 +563,9 @@ impl Config {
             reader_wait_ms: raw.reader_wait_ms,
             line_timeout_ms: raw.line_timeout_ms,
             max_connections: raw.max_connections,
+            login_timeout_ms: raw.login_timeout_ms,
+            max_unauthenticated: raw.max_unauthenticated,
+            idle_timeout_ms: raw.idle_timeout_ms,
             backup: raw.backup,
             upload: raw.upload,
             operators,
@@ -574,6 +595,9 @@ impl Config {
             reader_wait_ms: wait(),
             line_timeout_ms: line_timeout(),
             max_connections: max_conn(),
+            login_timeout_ms: login_timeout(),
+            max_unauthenticated: max_unauth(),
+            idle_timeout_ms: 0,
             backup: BackupConfig {
                 schedule: "off".into(),
                 ..BackupConfig::default()
