@@ -239,7 +239,7 @@ pub async fn run(st: Arc<State>) {
                     }
                     Err(e) => format!("failed: {e}"),
                 };
-                st.audit("sscardd", "backup", "", "", &outcome).await;
+                let _ = st.audit("sscardd", "backup", "", "", &outcome).await;
             }
             Err(e) => tracing::error!("backup directory: {e}"),
         }

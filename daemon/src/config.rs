@@ -212,14 +212,14 @@ pub struct Config {
     pub reader_wait_ms: u64,
     /// How long a client may take to finish a line it began (then it is disconnected).
     pub line_timeout_ms: u64,
-    /// Connections served at once; more wait in the listen backlog.
+    /// Logged-in connections served at once (all listeners together).
     pub max_connections: usize,
-    /// A connection must log in within this (api.md 1.1 "Configuration keys").
+    /// How long a connection may take to log in; at least 100 (api.md 1.1).
     pub login_timeout_ms: u64,
-    /// Connections at once that have not logged in; never more than `max_connections`.
+    /// Connections of one listener that have not logged in yet; 1 to `max_connections`
+    /// (api.md 1.1).
     pub max_unauthenticated: usize,
-    /// A connection idle this long between lines is closed; 0 = never (a POS may keep
-    /// its connection all day).
+    /// How long a logged-in connection may stay silent; 0 = never (api.md 1.1).
     pub idle_timeout_ms: u64,
     pub backup: BackupConfig,
     pub upload: Option<UploadConfig>,

@@ -192,17 +192,18 @@ async fn settle_on_insert(st: Arc<State>, mut events: broadcast::Receiver<Event>
             .await;
         if let Ok((card, Ok(done))) = res {
             for p in done {
-                st.audit(
-                    "sscardd",
-                    "settle",
-                    &reader,
-                    &card,
-                    &format!(
-                        "{} {} {} {} fen",
-                        p.status, p.kind, p.order_id, p.amount_fen
-                    ),
-                )
-                .await;
+                let _ = st
+                    .audit(
+                        "sscardd",
+                        "settle",
+                        &reader,
+                        &card,
+                        &format!(
+                            "{} {} {} {} fen",
+                            p.status, p.kind, p.order_id, p.amount_fen
+                        ),
+                    )
+                    .await;
             }
         }
     }

@@ -80,6 +80,8 @@ pub const PARSE_ERROR: i64 = -32700;
 pub const INVALID_REQUEST: i64 = -32600;
 pub const METHOD_NOT_FOUND: i64 = -32601;
 pub const INVALID_PARAMS: i64 = -32602;
+/// No connection slot is free (in JSON-RPC's range for server errors).
+pub const SERVER_BUSY: i64 = -32000;
 
 /// An error answered to a client. Messages never carry a PIN or key.
 #[derive(Debug, Clone, PartialEq)]
@@ -132,6 +134,10 @@ impl ApiError {
     /// Bad params: the message starts with the field's name.
     pub fn params(message: impl Into<String>) -> Self {
         Self::protocol(INVALID_PARAMS, message)
+    }
+    /// The server has no slot for the connection (JSON-RPC's server-error range).
+    pub fn busy(message: impl Into<String>) -> Self {
+        Self::protocol(SERVER_BUSY, message)
     }
     pub fn journal(e: impl std::fmt::Display) -> Self {
         ApiError::kind(ErrorKind::JournalUnavailable, format!("journal: {e}"))

@@ -4,12 +4,14 @@
 //! A longer line yields [`Frame::TooLong`] once and its bytes are dropped up to the
 //! next `\n`, where the connection resynchronizes and goes on. A client that begins a
 //! line and does not finish it within the line timeout gets [`Frame::Stalled`] (the
-//! server then closes the connection); a connection idle between lines may stay open
-//! (subscribers wait for events). [`LineReader::next`] is cancel-safe: bytes read are
+//! server then closes the connection): the timeout covers the whole line from its first
+//! byte, so a client dripping a byte at a time is cut off too. A connection idle
+//! between lines may stay open (the server's login and idle timeouts decide). [`LineReader::next`] is cancel-safe: bytes read are
 //! kept in the reader, so it can sit in a `select!`.
 
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt};
+use tokio::time::Instant;
 
 /// The longest request line.
 pub const MAX_LINE: usize = 64 * 1024;
@@ -34,6 +36,8 @@ pub struct LineReader<R> {
     /// Skipping the rest of an over-long line.
     discarding: bool,
     line_timeout: Duration,
+    /// When the line being read began.
+    started: Option<Instant>,
 }
 
 impl<R: AsyncRead + Unpin> LineReader<R> {
@@ -43,6 +47,7 @@ impl<R: AsyncRead + Unpin> LineReader<R> {
             buf: Vec::with_capacity(4096),
             discarding: false,
             line_timeout,
+            started: None,
         }
     }
 
@@ -53,6 +58,8 @@ impl<R: AsyncRead + Unpin> LineReader<R> {
             if let Some(pos) = self.buf.iter().position(|b| *b == b'\n') {
                 let mut line: Vec<u8> = self.buf.drain(..=pos).collect();
                 line.pop();
+                // the next line (if its bytes came along) starts now
+                self.started = (!self.buf.is_empty()).then(Instant::now);
                 if self.discarding {
                     self.discarding = false;
                     continue;
@@ -74,7 +81,9 @@ impl<R: AsyncRead + Unpin> LineReader<R> {
             }
             let partial = !self.buf.is_empty() || self.discarding;
             let n = if partial {
-                match tokio::time::timeout(self.line_timeout, self.rd.read(&mut chunk)).await {
+                let start = *self.started.get_or_insert_with(Instant::now);
+                let deadline = start + self.line_timeout;
+                match tokio::time::timeout_at(deadline, self.rd.read(&mut chunk)).await {
                     Ok(r) => r,
                     Err(_) => return Frame::Stalled,
                 }
@@ -83,7 +92,12 @@ impl<R: AsyncRead + Unpin> LineReader<R> {
             };
             match n {
                 Ok(0) | Err(_) => return Frame::Closed,
-                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
+                Ok(n) => {
+                    if self.buf.is_empty() && !self.discarding {
+                        self.started = Some(Instant::now());
+                    }
+                    self.buf.extend_from_slice(&chunk[..n]);
+                }
             }
         }
     }
@@ -119,6 +133,25 @@ mod tests {
         assert_eq!(r.next().await, Frame::Stalled);
         drop(client);
         assert_eq!(r.next().await, Frame::Closed);
+    }
+
+    #[tokio::test]
+    async fn the_timeout_covers_the_whole_line() {
+        let (mut client, server) = tokio::io::duplex(1024);
+        let mut r = LineReader::new(server, Duration::from_millis(300));
+        let drip = tokio::spawn(async move {
+            // each byte well within the timeout, the line far beyond it
+            for b in b"{\"jsonrpc\":\"2.0\"" {
+                if client.write_all(&[*b]).await.is_err() {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            let _ = client.write_all(b"}\n").await;
+        });
+        // a per-read timeout would wait for the whole drip and return the line
+        assert_eq!(r.next().await, Frame::Stalled);
+        drip.abort();
     }
 
     #[tokio::test]

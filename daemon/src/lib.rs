@@ -38,10 +38,12 @@ pub mod keys;
 pub mod methods;
 pub mod ops;
 pub mod readers;
+pub mod rpc;
 pub mod server;
 pub mod session;
 pub mod state;
 pub mod text;
+pub mod throttle;
 pub mod upload;
 
 pub use config::Config;

@@ -9,17 +9,18 @@
 use crate::error::ApiError;
 use crate::events::Event;
 use crate::frame::{Frame, LineReader};
-use crate::methods::{self, params::Params};
-use crate::session::Session;
+use crate::methods::{self, Connection, Method};
+use crate::rpc;
 use crate::state::State;
-use serde_json::{json, Value};
+use crate::throttle::Peer;
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, UnixListener};
-use tokio::sync::{broadcast, mpsc, watch, Semaphore};
+use tokio::sync::{broadcast, mpsc, watch, OwnedSemaphorePermit, Semaphore};
+use tokio::time::Instant;
 use tracing::Instrument;
 
 /// How long writing one answer may take before the client is given up.
@@ -34,18 +35,54 @@ pub enum Listener {
 
 static CONNECTIONS: AtomicU64 = AtomicU64::new(0);
 
+/// A connection's claim on the server's slots: one of its listener's
+/// `max_unauthenticated` slots until it logs in, then one of the `max_connections`
+/// slots of logged-in clients (shared by all listeners). Unauthenticated clients never
+/// take a logged-in client's slot, and one listener's never take another's.
+pub struct Slots {
+    unauthenticated: Option<OwnedSemaphorePermit>,
+    logged_in: Option<OwnedSemaphorePermit>,
+    pool: Arc<Semaphore>,
+}
+
+impl Slots {
+    /// Slots for a connection outside any server (tests on a pipe): never refused.
+    pub fn unlimited() -> Slots {
+        Slots {
+            unauthenticated: None,
+            logged_in: None,
+            pool: Arc::new(Semaphore::new(Semaphore::MAX_PERMITS)),
+        }
+    }
+
+    /// Move to a logged-in slot; false when all are taken.
+    fn log_in(&mut self) -> bool {
+        if self.logged_in.is_none() {
+            match self.pool.clone().try_acquire_owned() {
+                Ok(p) => self.logged_in = Some(p),
+                Err(_) => return false,
+            }
+        }
+        self.unauthenticated = None;
+        true
+    }
+}
+
 /// Serve `listeners` until `shutdown` resolves, then wait for every connection to
 /// finish the request it is in.
 pub async fn run(listeners: Vec<Listener>, state: Arc<State>, shutdown: impl Future<Output = ()>) {
     let (stop_tx, stop_rx) = watch::channel(false);
     let (done_tx, mut done_rx) = mpsc::channel::<()>(1);
-    let sem = Arc::new(Semaphore::new(state.config().max_connections));
+    let config = state.config();
+    let logged_in = Arc::new(Semaphore::new(config.max_connections));
     let mut accepting = Vec::new();
     for l in listeners {
+        let waiting = Arc::new(Semaphore::new(config.max_unauthenticated));
         accepting.push(tokio::spawn(accept_loop(
             l,
             state.clone(),
-            sem.clone(),
+            waiting,
+            logged_in.clone(),
             stop_rx.clone(),
             done_tx.clone(),
         )));
@@ -64,49 +101,54 @@ pub async fn run(listeners: Vec<Listener>, state: Arc<State>, shutdown: impl Fut
 async fn accept_loop(
     l: Listener,
     state: Arc<State>,
-    sem: Arc<Semaphore>,
+    waiting: Arc<Semaphore>,
+    logged_in: Arc<Semaphore>,
     mut stop: watch::Receiver<bool>,
     done: mpsc::Sender<()>,
 ) {
     loop {
-        let permit = tokio::select! {
-            p = sem.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => return },
-            _ = stopped(&mut stop) => return,
-        };
-        let id = CONNECTIONS.fetch_add(1, Ordering::Relaxed);
-        let (st, stop2, done2) = (state.clone(), stop.clone(), done.clone());
+        // accepting never waits for a slot: a full server answers at once
         let accepted = tokio::select! {
             r = accept(&l) => r,
             _ = stopped(&mut stop) => return,
         };
-        match accepted {
-            Ok(Conn::Unix(s)) => {
-                tokio::spawn(
-                    async move {
-                        let _permit = permit;
-                        let _done = done2;
-                        serve(s, st, stop2).await;
-                    }
-                    .instrument(tracing::info_span!("conn", id)),
-                );
-            }
-            Ok(Conn::Tcp(s)) => {
-                tokio::spawn(
-                    async move {
-                        let _permit = permit;
-                        let _done = done2;
-                        serve(s, st, stop2).await;
-                    }
-                    .instrument(tracing::info_span!("conn", id, tcp = true)),
-                );
-            }
+        let id = CONNECTIONS.fetch_add(1, Ordering::Relaxed);
+        let (st, stop2, done2) = (state.clone(), stop.clone(), done.clone());
+        let (stream, peer) = match accepted {
+            Ok(c) => c,
             Err(e) => {
                 // out of file descriptors and the like: do not spin
                 tracing::warn!("accept: {e}");
                 tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
             }
-        }
+        };
+        let slot = waiting.clone().try_acquire_owned().ok();
+        let slots = Slots {
+            unauthenticated: slot,
+            logged_in: None,
+            pool: logged_in.clone(),
+        };
+        let full = slots.unauthenticated.is_none();
+        let task = async move {
+            let _done = done2;
+            match stream {
+                Conn::Unix(s) if full => refuse_busy(s).await,
+                Conn::Tcp(s) if full => refuse_busy(s).await,
+                Conn::Unix(s) => serve(s, peer, slots, st, stop2).await,
+                Conn::Tcp(s) => serve(s, peer, slots, st, stop2).await,
+            }
+        };
+        tokio::spawn(task.instrument(tracing::info_span!("conn", id)));
     }
+}
+
+/// Answer a connection the server has no slot for, and close it.
+async fn refuse_busy<S: AsyncWrite + Unpin>(mut s: S) {
+    tracing::warn!("too many connections waiting to log in: one refused");
+    let e = ApiError::busy("too many connections are waiting to log in; try again");
+    let _ = send(&mut s, &rpc::reply(None, &Err(e))).await;
+    let _ = s.shutdown().await;
 }
 
 /// Resolves once the server is stopping.
@@ -119,10 +161,16 @@ enum Conn {
     Tcp(tokio::net::TcpStream),
 }
 
-async fn accept(l: &Listener) -> std::io::Result<Conn> {
+async fn accept(l: &Listener) -> std::io::Result<(Conn, Peer)> {
     match l {
-        Listener::Unix(u) => u.accept().await.map(|(s, _)| Conn::Unix(s)),
-        Listener::Tcp(t) => t.accept().await.map(|(s, _)| Conn::Tcp(s)),
+        Listener::Unix(u) => u.accept().await.map(|(s, _)| {
+            let peer = s.peer_cred().map_or(Peer::Unknown, |c| Peer::Uid(c.uid()));
+            (Conn::Unix(s), peer)
+        }),
+        Listener::Tcp(t) => t
+            .accept()
+            .await
+            .map(|(s, a)| (Conn::Tcp(s), Peer::Ip(a.ip()))),
     }
 }
 
@@ -142,8 +190,17 @@ async fn next_event(rx: &mut Option<broadcast::Receiver<Event>>) -> Option<Event
     }
 }
 
-async fn send<W: AsyncWrite + Unpin>(wr: &mut W, v: &Value) -> bool {
-    let mut out = v.to_string();
+/// Sleep until `at`, or forever.
+async fn until(at: Option<Instant>) {
+    match at {
+        Some(t) => tokio::time::sleep_until(t).await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn send<W: AsyncWrite + Unpin>(wr: &mut W, line: &str) -> bool {
+    let mut out = String::with_capacity(line.len() + 1);
+    out.push_str(line);
     out.push('\n');
     matches!(
         tokio::time::timeout(WRITE_TIMEOUT, wr.write_all(out.as_bytes())).await,
@@ -152,182 +209,124 @@ async fn send<W: AsyncWrite + Unpin>(wr: &mut W, v: &Value) -> bool {
 }
 
 /// Serve one connection (any byte stream: a Unix or TCP socket, or a duplex pipe in
-/// tests) until it closes or the server stops.
+/// tests) until it closes, times out, or the server stops.
 pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
     stream: S,
+    peer: Peer,
+    mut slots: Slots,
     st: Arc<State>,
     mut stop: watch::Receiver<bool>,
 ) {
     let (rd, mut wr) = tokio::io::split(stream);
-    let mut lines = LineReader::new(rd, Duration::from_millis(st.config().line_timeout_ms));
-    let mut conn = Connection::default();
+    let config = st.config();
+    let mut lines = LineReader::new(rd, Duration::from_millis(config.line_timeout_ms));
+    let mut conn = Connection::new(peer);
+    let login_by = Instant::now() + Duration::from_millis(config.login_timeout_ms);
+    let idle = (config.idle_timeout_ms > 0).then(|| Duration::from_millis(config.idle_timeout_ms));
+    let mut last_request = Instant::now();
+    let mut reloaded = st.reloaded.subscribe();
     loop {
+        let logged_in = conn.session.name().is_some();
+        let deadline = if logged_in {
+            idle.map(|d| last_request + d)
+        } else {
+            Some(login_by)
+        };
         let frame = tokio::select! {
             f = lines.next() => f,
             ev = next_event(&mut conn.events) => {
                 match ev {
-                    Some(e) => if !send(&mut wr, &e.to_notification()).await { return },
+                    // every event goes only to an operator who is still valid
+                    Some(e) if conn.session.operator(&st.config()).is_ok() => {
+                        if !send(&mut wr, &e.to_notification().to_string()).await { break }
+                    }
+                    Some(_) => break,
                     None => conn.events = None,
                 }
                 continue;
             }
-            _ = stopped(&mut stop) => return,
+            _ = reloaded.changed() => {
+                if logged_in && conn.session.operator(&st.config()).is_err() {
+                    tracing::info!("operator {} disabled or changed: closing", conn.session.name().unwrap_or_default());
+                    break;
+                }
+                continue;
+            }
+            _ = until(deadline) => {
+                let why = if logged_in { "idle too long" } else { "not logged in in time" };
+                tracing::debug!("{why}; closing");
+                let _ = send(&mut wr, &rpc::reply(None, &Err(ApiError::invalid_request(format!("{why}; closing"))))).await;
+                break;
+            }
+            _ = stopped(&mut stop) => break,
         };
         let resp = match frame {
-            Frame::Line(l) => handle_line(&st, &mut conn, &l).await,
-            Frame::TooLong => Some(reply(
-                &Value::Null,
-                Err(ApiError::invalid_request(format!(
+            Frame::Line(l) => {
+                last_request = Instant::now();
+                handle_line(&st, &mut conn, &mut slots, &l).await
+            }
+            Frame::TooLong => Some(rpc::reply(
+                None,
+                &Err(ApiError::invalid_request(format!(
                     "a line over {} bytes; it was skipped",
                     crate::frame::MAX_LINE
                 ))),
             )),
             Frame::Stalled => {
                 tracing::debug!("a client stalled mid-line; closing");
-                let _ = send(
-                    &mut wr,
-                    &reply(
-                        &Value::Null,
-                        Err(ApiError::parse("line not finished in time; closing")),
-                    ),
-                )
-                .await;
-                return;
+                let e = ApiError::parse("line not finished in time; closing");
+                let _ = send(&mut wr, &rpc::reply(None, &Err(e))).await;
+                break;
             }
-            Frame::Closed => return,
+            Frame::Closed => break,
         };
         if let Some(r) = resp {
             if !send(&mut wr, &r).await {
-                return;
+                break;
             }
         }
-    }
-}
-
-/// Per-connection state.
-#[derive(Default)]
-struct Connection {
-    session: Session,
-    events: Option<broadcast::Receiver<Event>>,
-}
-
-fn reply(id: &Value, r: Result<Value, ApiError>) -> Value {
-    match r {
-        Ok(v) => json!({"jsonrpc": "2.0", "id": id, "result": v}),
-        Err(e) => json!({"jsonrpc": "2.0", "id": id, "error": e.to_json()}),
-    }
-}
-
-/// Handle one request line; `None` for a notification (a request without `id`).
-async fn handle_line(st: &Arc<State>, conn: &mut Connection, line: &[u8]) -> Option<Value> {
-    let Ok(text) = std::str::from_utf8(line) else {
-        return Some(reply(&Value::Null, Err(ApiError::parse("invalid UTF-8"))));
-    };
-    if text.trim().is_empty() {
-        return None;
-    }
-    let req: Value = match serde_json::from_str(text) {
-        Ok(v) => v,
-        Err(e) => {
-            return Some(reply(
-                &Value::Null,
-                Err(ApiError::parse(format!("invalid JSON: {e}"))),
-            ))
-        }
-    };
-    let Some(obj) = req.as_object() else {
-        let m = if req.is_array() {
-            "batches are not supported: send one request a line"
-        } else {
-            "a request is a JSON object"
-        };
-        return Some(reply(&Value::Null, Err(ApiError::invalid_request(m))));
-    };
-    let id = obj.get("id").cloned();
-    if let Some(i) = &id {
-        if !(i.is_string() || i.is_number() || i.is_null()) {
-            return Some(reply(
-                &Value::Null,
-                Err(ApiError::invalid_request("id: a string, a number or null")),
-            ));
+        if conn.close {
+            break;
         }
     }
-    let reply_id = id.clone().unwrap_or(Value::Null);
-    if obj.get("jsonrpc").and_then(Value::as_str) != Some("2.0") {
-        return Some(reply(
-            &reply_id,
-            Err(ApiError::invalid_request("jsonrpc: must be \"2.0\"")),
-        ));
-    }
-    let Some(method) = obj.get("method").and_then(Value::as_str) else {
-        return Some(reply(
-            &reply_id,
-            Err(ApiError::invalid_request("method: a string is required")),
-        ));
+    methods::system::flush_failures(&st, &conn).await;
+}
+
+/// Handle one request line; `None` when nothing is to be answered (a blank line or a
+/// notification).
+async fn handle_line(
+    st: &Arc<State>,
+    conn: &mut Connection,
+    slots: &mut Slots,
+    line: &[u8],
+) -> Option<String> {
+    let req = match rpc::parse_line(line) {
+        Ok(Some(r)) => r,
+        Ok(None) => return None,
+        Err(refused) => return Some(rpc::reply(refused.id, &Err(refused.error))),
     };
-    let r = dispatch(st, conn, method, obj.get("params"))
-        .instrument(tracing::debug_span!("request", method))
+    let notification = req.id.is_none();
+    let name = req.method.as_str();
+    let mut r = methods::dispatch(st, conn, name, req.params, notification)
+        .instrument(tracing::debug_span!("request", method = name))
         .await;
+    if r.is_ok() && Method::from_name(name) == Some(Method::SessionLogin) && !slots.log_in() {
+        conn.session = Default::default();
+        conn.close = true;
+        r = Err(ApiError::busy(
+            "every slot for logged-in connections is taken; try again",
+        ));
+    }
     if let Err(e) = &r {
         tracing::debug!(
             code = e.code,
             kind = e.kind.map(|k| k.name()),
-            "{method}: {}",
+            "{name}: {}",
             e.message
         );
     }
-    id.map(|i| reply(&i, r))
-}
-
-async fn dispatch(
-    st: &Arc<State>,
-    conn: &mut Connection,
-    name: &str,
-    params: Option<&Value>,
-) -> Result<Value, ApiError> {
-    let m = methods::method(name).ok_or_else(|| ApiError::method_not_found(name))?;
-    let p = Params::new(params)?;
-    let config = st.config();
-    match m.name {
-        "system.health" => return methods::system::health(st, &p).await,
-        "session.login" => {
-            p.only(&["token"])?;
-            let token = p.str("token")?;
-            let r = conn.session.login(&config, token);
-            let (who, out) = match &r {
-                Ok(op) => (op.name.clone(), format!("ok {}", op.role.name())),
-                Err(e) => (
-                    String::new(),
-                    methods::outcome::<()>(&Err(e.clone()), |_| String::new()),
-                ),
-            };
-            st.audit(&who, "session.login", "", "", &out).await;
-            let op = r?;
-            return Ok(json!({"operator": op.name, "role": op.role.name()}));
-        }
-        _ => {}
+    if notification {
+        return None;
     }
-    let op = conn.session.operator(&config)?;
-    if let Err(e) = methods::authorize(m, &op) {
-        if m.name.starts_with("card.") || m.name.starts_with("pay.") {
-            st.audit(
-                &op.name,
-                m.name,
-                "",
-                "",
-                &methods::outcome::<()>(&Err(e.clone()), |_| String::new()),
-            )
-            .await;
-        }
-        return Err(e);
-    }
-    if m.name == "events.subscribe" {
-        p.only(&[])?;
-        conn.events = Some(st.events.subscribe());
-        return Ok(json!({
-            "subscribed": true,
-            "events": ["reader.added", "reader.removed", "card.inserted", "card.removed", "payment.settled"],
-        }));
-    }
-    methods::call(st, &op, m, &p).await
+    Some(rpc::reply(req.id, &r))
 }

@@ -52,6 +52,11 @@ impl Session {
         Ok(op.clone())
     }
 
+    /// The name the session logged in with, if it did.
+    pub fn name(&self) -> Option<&str> {
+        self.login.as_ref().map(|(n, _)| n.as_str())
+    }
+
     /// The operator of this session as the configuration says now.
     pub fn operator(&self, config: &Config) -> Result<Operator, ApiError> {
         let (name, hash) = self.login.as_ref().ok_or_else(|| {

@@ -5,10 +5,11 @@ use crate::events::Event;
 use crate::journal::{parse_blacklist, JournalHandle};
 use crate::keys::KeySource;
 use crate::readers::Readers;
+use crate::throttle::Throttle;
 use crate::upload::UploadStatus;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
-use tokio::sync::broadcast;
+use tokio::sync::{broadcast, watch};
 
 /// The daemon's shared state.
 pub struct State {
@@ -21,6 +22,10 @@ pub struct State {
     upload: Mutex<UploadStatus>,
     /// Wakes the uploader for a round now (`settle.day`).
     pub upload_wake: tokio::sync::Notify,
+    /// Failed logins by peer.
+    pub throttle: Throttle,
+    /// Bumped by every configuration reload: connections re-check their operator.
+    pub reloaded: watch::Sender<u64>,
 }
 
 impl State {
@@ -40,6 +45,8 @@ impl State {
             started: Instant::now(),
             upload: Mutex::new(UploadStatus::default()),
             upload_wake: tokio::sync::Notify::new(),
+            throttle: Throttle::default(),
+            reloaded: watch::channel(0).0,
         }
     }
 
@@ -110,6 +117,7 @@ impl State {
             Ok(mut c) => *c = Arc::new(new),
             Err(p) => *p.into_inner() = Arc::new(new),
         }
+        self.reloaded.send_modify(|n| *n = n.wrapping_add(1));
         Ok(())
     }
 
@@ -132,7 +140,8 @@ impl State {
         Ok(())
     }
 
-    /// Append to the audit log; a failure is logged (the call's answer stands).
+    /// Append to the audit log. A failure is logged here and returned: the dispatcher
+    /// decides what it means for the call.
     pub async fn audit(
         &self,
         operator: &str,
@@ -140,7 +149,7 @@ impl State {
         reader: &str,
         card: &str,
         outcome: &str,
-    ) {
+    ) -> Result<(), crate::journal::JournalError> {
         let (op, m, r, c, o) = (
             operator.to_string(),
             method.to_string(),
@@ -155,6 +164,8 @@ impl State {
             .await
         {
             tracing::error!("audit log write failed ({method} by {operator}): {e}");
+            return Err(e);
         }
+        Ok(())
     }
 }

@@ -82,9 +82,15 @@ mod tests {
 
     #[test]
     fn reasons_from_a_file_are_cleaned() {
-        assert_eq!(clean_reason("\u{1b}[2Jlost\t\tcard\u{202e}"), "[2Jlost card");
+        assert_eq!(
+            clean_reason("\u{1b}[2Jlost\t\tcard\u{202e}"),
+            "[2Jlost card"
+        );
         assert_eq!(clean_reason("   "), "");
-        assert_eq!(clean_reason(&"y".repeat(60_000)).chars().count(), MAX_REASON);
+        assert_eq!(
+            clean_reason(&"y".repeat(60_000)).chars().count(),
+            MAX_REASON
+        );
     }
 
     proptest! {

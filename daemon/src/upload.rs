@@ -170,18 +170,19 @@ pub async fn round(st: &Arc<State>, cfg: &UploadConfig) -> Result<usize, UploadE
             .await
             .map_err(|e| UploadError::Journal(e.to_string()))?;
         total += marked;
-        st.audit(
-            "sscardd",
-            "upload",
-            "",
-            "",
-            &format!(
-                "{} of {} payments acknowledged by the settlement centre",
-                acked.len(),
-                batch.len()
-            ),
-        )
-        .await;
+        let _ = st
+            .audit(
+                "sscardd",
+                "upload",
+                "",
+                "",
+                &format!(
+                    "{} of {} payments acknowledged by the settlement centre",
+                    acked.len(),
+                    batch.len()
+                ),
+            )
+            .await;
         if acked.len() < batch.len() {
             // the rest stay queued for the next round; do not loop on a batch the
             // centre keeps refusing

@@ -30,6 +30,7 @@
 //!   audit row, so that deleting the newest rows is found too.
 
 pub mod payment;
+mod probe_tmp;
 pub mod writer;
 
 use rusqlite::{params, Connection, OptionalExtension};

@@ -2,80 +2,54 @@
 //! `blacklist.remove {"card"}`, `blacklist.list`. `card` is a card number or a card id
 //! (32 hex digits); `until` (`YYYY-MM-DD`) is the last day the entry applies.
 
-use super::params::Params;
-use crate::config::Operator;
+use super::params::{BlacklistAddParams, BlacklistRemoveParams, NoParams};
+use super::Call;
 use crate::error::ApiError;
 use crate::journal::BlacklistEntry;
-use crate::state::State;
 use serde_json::{json, Value};
-use std::sync::Arc;
 
-fn card(p: &Params<'_>) -> Result<String, ApiError> {
-    let c = p.str("card")?.trim();
-    if c.is_empty() || c.len() > 32 || !c.chars().all(|x| x.is_ascii_alphanumeric()) {
-        return Err(ApiError::params(
-            "card: a card number or a card id (letters and digits)",
-        ));
-    }
-    // card ids are kept as the card reads them: upper-case hex
-    Ok(if c.len() == 32 {
-        c.to_ascii_uppercase()
-    } else {
-        c.to_string()
-    })
+/// `blacklist.add`.
+pub async fn add(c: &mut Call<'_>, p: BlacklistAddParams) -> Result<Value, ApiError> {
+    let e = BlacklistEntry {
+        card: p.card.0,
+        reason: p.reason.0,
+        until: p.until.map(|d| d.0.format("%Y-%m-%d").to_string()),
+        source: "admin".into(),
+    };
+    c.note.card = e.card.clone();
+    let detail = format!("ok added until {:?}: {}", e.until, e.reason);
+    c.st.journal
+        .call(move |j| j.blacklist_add(&e))
+        .await
+        .map_err(ApiError::journal)?;
+    c.note.detail = Some(detail);
+    Ok(json!({"added": true}))
 }
 
-/// Run one of the blacklist methods.
-pub async fn call(
-    st: &Arc<State>,
-    op: &Operator,
-    method: &str,
-    p: &Params<'_>,
-) -> Result<Value, ApiError> {
-    let r = match method {
-        "blacklist.add" => {
-            p.only(&["card", "reason", "until"])?;
-            let e = BlacklistEntry {
-                card: card(p)?,
-                reason: p.str("reason")?.to_string(),
-                until: p.opt_date("until")?.map(|d| d.to_string()),
-                source: "admin".into(),
-            };
-            let out = format!("ok added {} until {:?}", e.card, e.until);
-            let c = e.card.clone();
-            st.journal
-                .call(move |j| j.blacklist_add(&e))
-                .await
-                .map_err(ApiError::journal)?;
-            st.audit(&op.name, method, "", &c, &out).await;
-            json!({"added": true})
-        }
-        "blacklist.remove" => {
-            p.only(&["card"])?;
-            let c = card(p)?;
-            let c2 = c.clone();
-            let removed = st
-                .journal
-                .call(move |j| j.blacklist_remove(&c2))
-                .await
-                .map_err(ApiError::journal)?;
-            st.audit(&op.name, method, "", &c, &format!("ok removed={removed}"))
-                .await;
-            json!({"removed": removed})
-        }
-        _ => {
-            p.only(&[])?;
-            let list = st
-                .journal
-                .call(|j| j.blacklist())
-                .await
-                .map_err(ApiError::journal)?;
-            Value::Array(
-                list.into_iter()
-                    .map(|e| json!({"card": e.card, "reason": e.reason, "until": e.until, "source": e.source}))
-                    .collect(),
-            )
-        }
-    };
-    Ok(r)
+/// `blacklist.remove`.
+pub async fn remove(c: &mut Call<'_>, p: BlacklistRemoveParams) -> Result<Value, ApiError> {
+    let card = p.card.0;
+    c.note.card = card.clone();
+    let removed =
+        c.st.journal
+            .call(move |j| j.blacklist_remove(&card))
+            .await
+            .map_err(ApiError::journal)?;
+    c.note.detail = Some(format!("ok removed={removed}"));
+    Ok(json!({"removed": removed}))
+}
+
+/// `blacklist.list`.
+pub async fn list(c: &mut Call<'_>, _: NoParams) -> Result<Value, ApiError> {
+    let list =
+        c.st.journal
+            .call(|j| j.blacklist())
+            .await
+            .map_err(ApiError::journal)?;
+    c.note.detail = Some(format!("ok {} entries", list.len()));
+    Ok(Value::Array(
+        list.into_iter()
+            .map(|e| json!({"card": e.card, "reason": e.reason, "until": e.until, "source": e.source}))
+            .collect(),
+    ))
 }

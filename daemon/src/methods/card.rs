@@ -1,71 +1,50 @@
 //! `card.read`, `card.verify_pin`, `card.change_pin`, `card.balance`.
 
-use super::on_card;
-use super::params::Params;
-use crate::config::Operator;
+use super::params::{ChangePinParams, ReaderParams, VerifyPinParams};
+use super::{on_card, Call};
 use crate::error::ApiError;
 use crate::ops;
-use crate::state::State;
 use serde_json::Value;
-use std::sync::Arc;
 
-/// Run one of the card methods.
-pub async fn call(
-    st: &Arc<State>,
-    op: &Operator,
-    method: &str,
-    p: &Params<'_>,
-) -> Result<Value, ApiError> {
-    match method {
-        "card.read" => {
-            p.only(&["reader"])?;
-            on_card(
-                st,
-                op,
-                method,
-                p.opt_str("reader")?,
-                ops::read_card,
-                |v: &Value| format!("ok genuine={}", v["genuine"]),
-            )
-            .await
-        }
-        "card.verify_pin" => {
-            p.only(&["reader", "pin"])?;
-            let pin = p.pin("pin")?;
-            on_card(
-                st,
-                op,
-                method,
-                p.opt_str("reader")?,
-                move |c, _| ops::pin_or_balance(c, Some(&pin), None),
-                |_| "ok".into(),
-            )
-            .await
-        }
-        "card.change_pin" => {
-            p.only(&["reader", "old_pin", "new_pin"])?;
-            let (old, new) = (p.pin("old_pin")?, p.pin("new_pin")?);
-            on_card(
-                st,
-                op,
-                method,
-                p.opt_str("reader")?,
-                move |c, _| ops::pin_or_balance(c, Some(&old), Some(&new)),
-                |_| "ok".into(),
-            )
-            .await
-        }
-        _ => {
-            p.only(&["reader"])?;
-            on_card(
-                st,
-                op,
-                method,
-                p.opt_str("reader")?,
-                |c, _| ops::pin_or_balance(c, None, None),
-                |v: &Value| format!("ok {} fen", v["balance_fen"]),
-            )
-            .await
-        }
-    }
+/// `card.read {"reader"?}`.
+pub async fn read(c: &mut Call<'_>, p: ReaderParams) -> Result<Value, ApiError> {
+    on_card(c, p.reader.as_ref(), ops::read_card, |v: &Value| {
+        format!("ok genuine={}", v["genuine"])
+    })
+    .await
+}
+
+/// `card.verify_pin {"pin", "reader"?}`.
+pub async fn verify_pin(c: &mut Call<'_>, p: VerifyPinParams) -> Result<Value, ApiError> {
+    let pin = p.pin.0;
+    on_card(
+        c,
+        p.reader.as_ref(),
+        move |t, _| ops::pin_or_balance(t, Some(&pin), None),
+        |_| "ok".into(),
+    )
+    .await
+}
+
+/// `card.change_pin {"old_pin", "new_pin", "reader"?}`.
+pub async fn change_pin(c: &mut Call<'_>, p: ChangePinParams) -> Result<Value, ApiError> {
+    let (old, new) = (p.old_pin.0, p.new_pin.0);
+    on_card(
+        c,
+        p.reader.as_ref(),
+        move |t, _| ops::pin_or_balance(t, Some(&old), Some(&new)),
+        |_| "ok".into(),
+    )
+    .await
+}
+
+/// `card.balance {"reader"?}`.
+pub async fn balance(c: &mut Call<'_>, p: ReaderParams) -> Result<Value, ApiError> {
+    on_card(
+        c,
+        p.reader.as_ref(),
+        |t, _| ops::pin_or_balance(t, None, None),
+        |v: &Value| format!("ok {} fen", v["balance_fen"]),
+    )
+    .await
 }

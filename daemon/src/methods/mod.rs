@@ -1,8 +1,18 @@
-//! The method table (api.md "Methods") in one place: who may call what, and the
-//! handler of each method group (`card`, `pay`, `settle`, `audit`, `admin`, `system`).
+//! The method table (api.md "Methods") and the one dispatch every call goes through.
 //!
-//! `session.login` and `events.subscribe` change the connection and are handled by the
-//! server; their rows are here for the role check.
+//! Each row names a [`Method`], who may call it, its typed params (a serde type with
+//! `deny_unknown_fields`, in [`params`]) and its handler. [`dispatch`] runs, for every
+//! call: operator check → refusal of notifications → role check → the journal's
+//! write probe (an audited call that could not be audited is refused with
+//! `JOURNAL_UNAVAILABLE` before it touches a card) → params → handler → exactly one
+//! audit entry. Handlers never write the call's audit entry themselves: they say what
+//! it should hold ([`Note`]). A pending payment that a call settles adds its own
+//! `settle` entry ([`pay`]).
+//!
+//! Not audited: `system.health` and `reader.list` (they touch no card, money or
+//! record), and any call from a connection that never logged in (an anonymous client
+//! must not be able to fill the disk); failed logins are audited in bursts
+//! ([`crate::throttle`]).
 
 pub mod admin;
 pub mod audit;
@@ -14,140 +24,178 @@ pub mod system;
 
 use crate::config::Operator;
 use crate::error::{ApiError, ErrorKind};
+use crate::events::Event;
 use crate::ops::{Ctx, Seen};
-use crate::session::Role;
+use crate::session::{Role, Session};
 use crate::state::State;
-use params::Params;
+use crate::throttle::Peer;
+use params::*;
+use serde_json::value::RawValue;
 use serde_json::Value;
 use sscard_driver::transport::CardTransport;
 use std::sync::Arc;
+use tokio::sync::broadcast;
 
 use Role::{Admin, Auditor, Cashier, Supervisor};
 
 const ALL: &[Role] = &[Cashier, Supervisor, Auditor, Admin];
 const TILL: &[Role] = &[Cashier, Supervisor];
+const QUERY: &[Role] = &[Cashier, Supervisor, Auditor];
 
-/// A method: its name and the roles that may call it (`None`: no login needed).
-pub struct Method {
+/// Who may call a method.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Access {
+    /// No login needed.
+    Anyone,
+    /// A logged-in operator of one of these roles.
+    Roles(&'static [Role]),
+}
+
+/// One row of the method table.
+#[derive(Debug)]
+pub struct Row {
+    pub method: Method,
     pub name: &'static str,
-    pub roles: Option<&'static [Role]>,
+    pub access: Access,
+    /// Whether a call leaves an audit entry.
+    pub audited: bool,
 }
 
-/// Every method (api.md's role table; the `blacklist.*` methods are this daemon's
-/// "blacklist management" for admins).
-pub const METHODS: &[Method] = &[
-    Method {
-        name: "system.health",
-        roles: None,
-    },
-    Method {
-        name: "session.login",
-        roles: None,
-    },
-    Method {
-        name: "reader.list",
-        roles: Some(ALL),
-    },
-    Method {
-        name: "events.subscribe",
-        roles: Some(ALL),
-    },
-    Method {
-        name: "card.read",
-        roles: Some(TILL),
-    },
-    Method {
-        name: "card.verify_pin",
-        roles: Some(TILL),
-    },
-    Method {
-        name: "card.change_pin",
-        roles: Some(TILL),
-    },
-    Method {
-        name: "card.balance",
-        roles: Some(TILL),
-    },
-    Method {
-        name: "pay.debit",
-        roles: Some(TILL),
-    },
-    Method {
-        name: "pay.query",
-        roles: Some(&[Cashier, Supervisor, Auditor]),
-    },
-    Method {
-        name: "pay.refund",
-        roles: Some(&[Supervisor]),
-    },
-    Method {
-        name: "settle.day",
-        roles: Some(&[Supervisor, Auditor]),
-    },
-    Method {
-        name: "audit.query",
-        roles: Some(&[Auditor, Admin]),
-    },
-    Method {
-        name: "blacklist.add",
-        roles: Some(&[Admin]),
-    },
-    Method {
-        name: "blacklist.remove",
-        roles: Some(&[Admin]),
-    },
-    Method {
-        name: "blacklist.list",
-        roles: Some(&[Admin, Auditor]),
-    },
-];
+macro_rules! methods {
+    ($($v:ident $name:literal, $access:expr, audited: $audited:literal, $p:ty => $handler:path;)*) => {
+        /// Every method (api.md's role table; the `blacklist.*` methods are this
+        /// daemon's blacklist management for admins).
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+        pub enum Method {
+            $($v,)*
+        }
 
-/// The method of that name.
-pub fn method(name: &str) -> Option<&'static Method> {
-    METHODS.iter().find(|m| m.name == name)
+        /// The method table, in the order of [`Method`].
+        pub const TABLE: &[Row] = &[
+            $(Row { method: Method::$v, name: $name, access: $access, audited: $audited },)*
+        ];
+
+        /// A call's params, read as its method's typed params.
+        #[derive(Debug)]
+        pub enum Params {
+            $($v($p),)*
+        }
+
+        impl Params {
+            /// Read `raw` as the params of `m`.
+            pub fn parse(m: Method, raw: Option<&RawValue>) -> Result<Params, ApiError> {
+                Ok(match m {
+                    $(Method::$v => Params::$v(params::parse::<$p>(raw)?),)*
+                })
+            }
+        }
+
+        async fn run(c: &mut Call<'_>, p: Params) -> Result<Value, ApiError> {
+            match p {
+                $(Params::$v(p) => $handler(c, p).await,)*
+            }
+        }
+    };
 }
 
-/// Whether `role` may call `m`.
-pub fn allowed(m: &Method, role: Role) -> bool {
-    match m.roles {
-        None => true,
-        Some(r) => r.contains(&role),
+methods! {
+    SystemHealth "system.health", Access::Anyone, audited: false, NoParams => system::health;
+    SessionLogin "session.login", Access::Anyone, audited: true, LoginParams => system::login;
+    ReaderList "reader.list", Access::Roles(ALL), audited: false, NoParams => system::reader_list;
+    EventsSubscribe "events.subscribe", Access::Roles(ALL), audited: true, NoParams => system::subscribe;
+    CardRead "card.read", Access::Roles(TILL), audited: true, ReaderParams => card::read;
+    CardVerifyPin "card.verify_pin", Access::Roles(TILL), audited: true, VerifyPinParams => card::verify_pin;
+    CardChangePin "card.change_pin", Access::Roles(TILL), audited: true, ChangePinParams => card::change_pin;
+    CardBalance "card.balance", Access::Roles(TILL), audited: true, ReaderParams => card::balance;
+    PayDebit "pay.debit", Access::Roles(TILL), audited: true, DebitParams => pay::debit;
+    PayQuery "pay.query", Access::Roles(QUERY), audited: true, QueryParams => pay::query;
+    PayRefund "pay.refund", Access::Roles(&[Supervisor]), audited: true, RefundParams => pay::refund;
+    SettleDay "settle.day", Access::Roles(&[Supervisor, Auditor]), audited: true, SettleParams => settle::day;
+    AuditQuery "audit.query", Access::Roles(&[Auditor, Admin]), audited: true, AuditParams => audit::query;
+    BlacklistAdd "blacklist.add", Access::Roles(&[Admin]), audited: true, BlacklistAddParams => admin::add;
+    BlacklistRemove "blacklist.remove", Access::Roles(&[Admin]), audited: true, BlacklistRemoveParams => admin::remove;
+    BlacklistList "blacklist.list", Access::Roles(&[Admin, Auditor]), audited: true, NoParams => admin::list;
+}
+
+impl Method {
+    /// The method of that name.
+    pub fn from_name(name: &str) -> Option<Method> {
+        TABLE.iter().find(|r| r.name == name).map(|r| r.method)
+    }
+
+    /// Its row of [`TABLE`].
+    pub fn row(self) -> &'static Row {
+        // TABLE is written in the order of the enum (a test checks it)
+        &TABLE[self as usize]
+    }
+
+    pub fn name(self) -> &'static str {
+        self.row().name
+    }
+
+    /// Whether `role` may call it.
+    pub fn allows(self, role: Role) -> bool {
+        match self.row().access {
+            Access::Anyone => true,
+            Access::Roles(r) => r.contains(&role),
+        }
     }
 }
 
-/// Refuse a role the table does not list.
-pub fn authorize(m: &Method, op: &Operator) -> Result<(), ApiError> {
-    if allowed(m, op.role) {
-        Ok(())
-    } else {
-        Err(ApiError::kind(
-            ErrorKind::Forbidden,
-            format!("a {} may not call {}", op.role.name(), m.name),
-        ))
+/// Per-connection state the methods see.
+pub struct Connection {
+    pub session: Session,
+    pub events: Option<broadcast::Receiver<Event>>,
+    /// Who is on the other end (the login throttle's key).
+    pub peer: Peer,
+    /// Failed logins on this connection (it is closed after
+    /// [`crate::throttle::MAX_FAILURES_PER_CONNECTION`]).
+    pub login_failures: u32,
+    /// Set when the server should close the connection after this answer.
+    pub close: bool,
+}
+
+impl Connection {
+    pub fn new(peer: Peer) -> Connection {
+        Connection {
+            session: Session::default(),
+            events: None,
+            peer,
+            login_failures: 0,
+            close: false,
+        }
     }
 }
 
-/// Run an authorized call (everything but `session.login` and `events.subscribe`).
-pub async fn call(
-    st: &Arc<State>,
-    op: &Operator,
-    m: &Method,
-    p: &Params<'_>,
-) -> Result<Value, ApiError> {
-    match m.name {
-        "reader.list" => system::reader_list(st, p),
-        "card.read" | "card.verify_pin" | "card.change_pin" | "card.balance" => {
-            card::call(st, op, m.name, p).await
-        }
-        "pay.debit" => pay::debit(st, op, p).await,
-        "pay.query" => pay::query(st, op, p).await,
-        "pay.refund" => pay::refund(st, op, p).await,
-        "settle.day" => settle::day(st, op, p).await,
-        "audit.query" => audit::query(st, p).await,
-        "blacklist.add" | "blacklist.remove" | "blacklist.list" => {
-            admin::call(st, op, m.name, p).await
-        }
-        other => Err(ApiError::method_not_found(other)),
+/// What a call's audit entry says besides the method and its result.
+#[derive(Debug, Default)]
+pub struct Note {
+    pub reader: String,
+    pub card: String,
+    /// The outcome's text on success (`ok` when the handler gives none).
+    pub detail: Option<String>,
+}
+
+/// One call in progress.
+pub struct Call<'a> {
+    pub st: &'a Arc<State>,
+    pub conn: &'a mut Connection,
+    /// The caller; `None` only for [`Access::Anyone`] methods before login.
+    pub op: Option<Operator>,
+    pub note: Note,
+}
+
+impl Call<'_> {
+    /// The caller of a method that needs a login.
+    pub fn operator(&self) -> Result<&Operator, ApiError> {
+        self.op
+            .as_ref()
+            .ok_or_else(|| ApiError::kind(ErrorKind::Unauthenticated, "call session.login first"))
+    }
+
+    /// The context card jobs get.
+    pub fn ctx(&self) -> Ctx {
+        ctx(self.st)
     }
 }
 
@@ -162,46 +210,216 @@ pub fn ctx(st: &State) -> Ctx {
 }
 
 /// An audit outcome: `ok …` or the error's kind (or code) and message.
-pub fn outcome<T>(r: &Result<T, ApiError>, ok: impl FnOnce(&T) -> String) -> String {
+pub fn outcome(r: &Result<Value, ApiError>, detail: Option<String>) -> String {
     match r {
-        Ok(v) => ok(v),
-        Err(e) => match e.kind {
-            Some(k) => format!("{k}: {}", e.message),
-            None => format!("{}: {}", e.code, e.message),
-        },
+        Ok(_) => detail.unwrap_or_else(|| "ok".into()),
+        Err(e) => error_outcome(e),
     }
 }
 
-/// Run a card operation on the reader the call names (or the only one with a card),
-/// and write the audit entry.
-pub async fn on_card<T: Send + 'static>(
+/// The outcome text of an error.
+pub fn error_outcome(e: &ApiError) -> String {
+    match e.kind {
+        Some(k) => format!("{k}: {}", e.message),
+        None => format!("{}: {}", e.code, e.message),
+    }
+}
+
+/// Run one call. `notification`: the request had no `id` (no answer will be sent).
+pub async fn dispatch(
     st: &Arc<State>,
-    op: &Operator,
-    method: &str,
-    reader: Option<&str>,
-    f: impl FnOnce(&mut dyn CardTransport, &Ctx) -> Seen<T> + Send + 'static,
-    ok: impl FnOnce(&T) -> String,
-) -> Result<T, ApiError> {
-    let r = match st.readers.pick(reader) {
-        Ok(r) => r,
+    conn: &mut Connection,
+    name: &str,
+    raw: Option<&RawValue>,
+    notification: bool,
+) -> Result<Value, ApiError> {
+    let m = Method::from_name(name).ok_or_else(|| ApiError::method_not_found(name))?;
+    let row = m.row();
+    let config = st.config();
+    let op = match conn.session.operator(&config) {
+        Ok(op) => Some(op),
         Err(e) => {
-            st.audit(
-                &op.name,
-                method,
-                reader.unwrap_or(""),
-                "",
-                &outcome::<()>(&Err(e.clone()), |_| String::new()),
-            )
-            .await;
+            if let Access::Roles(_) = row.access {
+                // a session whose operator was disabled or changed is audited; a
+                // connection that never logged in is not
+                if let Some(who) = conn.session.name() {
+                    let who = who.to_string();
+                    audit_entry(st, &who, m, &Note::default(), &error_outcome(&e)).await;
+                }
+                return Err(e);
+            }
+            None
+        }
+    };
+    let who = op.as_ref().map(|o| o.name.clone()).unwrap_or_default();
+    let audited = row.audited && op.is_some();
+    if notification {
+        let e = ApiError::invalid_request(format!(
+            "{name} was sent as a notification (no id): refused, nothing was done"
+        ));
+        tracing::warn!("{}", e.message);
+        if audited {
+            audit_entry(st, &who, m, &Note::default(), &error_outcome(&e)).await;
+        }
+        return Err(e);
+    }
+    if let Some(op) = &op {
+        if !m.allows(op.role) {
+            let e = ApiError::kind(
+                ErrorKind::Forbidden,
+                format!("a {} may not call {name}", op.role.name()),
+            );
+            audit_entry(st, &who, m, &Note::default(), &error_outcome(&e)).await;
+            return Err(e);
+        }
+    }
+    if row.audited {
+        // refuse what could not be audited before it touches anything
+        st.journal
+            .call(|j| j.probe_write())
+            .await
+            .map_err(|e| ApiError::journal(format!("cannot write the audit log: {e}")))?;
+    }
+    let p = match Params::parse(m, raw) {
+        Ok(p) => p,
+        Err(e) => {
+            if m == Method::SessionLogin {
+                return Err(system::login_failed(st, conn, e).await);
+            }
+            if audited {
+                audit_entry(st, &who, m, &Note::default(), &error_outcome(&e)).await;
+            }
             return Err(e);
         }
     };
-    let c = ctx(st);
+    let mut call = Call {
+        st,
+        conn,
+        op,
+        note: Note::default(),
+    };
+    let r = run(&mut call, p).await;
+    let Call { note, op, .. } = call;
+    if m == Method::SessionLogin {
+        return match r {
+            Err(e) => Err(system::login_failed(st, conn, e).await),
+            Ok(v) => {
+                let who = conn.session.name().unwrap_or_default().to_string();
+                if let Err(e) = try_audit(
+                    st,
+                    &who,
+                    m,
+                    &note,
+                    &outcome(&Ok(Value::Null), note.detail.clone()),
+                )
+                .await
+                {
+                    // a login that cannot be audited does not stand
+                    conn.session = Session::default();
+                    return Err(e);
+                }
+                Ok(v)
+            }
+        };
+    }
+    if !row.audited {
+        return r;
+    }
+    let who = op.map(|o| o.name).unwrap_or(who);
+    let text = outcome(&r, note.detail.clone());
+    match try_audit(st, &who, m, &note, &text).await {
+        Ok(()) => r,
+        // the probe passed a moment ago; if the entry still could not be written, a
+        // call that only answered from the journal is refused, and one whose card
+        // acted keeps its answer (the payment row records it)
+        Err(e) if !touches_card(m) => Err(e),
+        Err(_) => r,
+    }
+}
+
+/// Whether a method sends commands to a card.
+pub fn touches_card(m: Method) -> bool {
+    matches!(
+        m,
+        Method::CardRead
+            | Method::CardVerifyPin
+            | Method::CardChangePin
+            | Method::CardBalance
+            | Method::PayDebit
+            | Method::PayQuery
+            | Method::PayRefund
+    )
+}
+
+async fn try_audit(
+    st: &State,
+    who: &str,
+    m: Method,
+    note: &Note,
+    outcome: &str,
+) -> Result<(), ApiError> {
+    st.audit(who, m.name(), &note.reader, &note.card, outcome)
+        .await
+        .map_err(|e| ApiError::journal(format!("cannot write the audit log: {e}")))
+}
+
+async fn audit_entry(st: &State, who: &str, m: Method, note: &Note, outcome: &str) {
+    // the error the caller gets stands either way; State::audit logs the failure
+    let _ = try_audit(st, who, m, note, outcome).await;
+}
+
+/// Run a card operation on the reader the call names (or the only one with a card);
+/// the reader and the card number go into the call's audit note, and `ok` gives its
+/// outcome text on success.
+pub async fn on_card<T: Send + 'static>(
+    c: &mut Call<'_>,
+    reader: Option<&ReaderName>,
+    f: impl FnOnce(&mut dyn CardTransport, &Ctx) -> Seen<T> + Send + 'static,
+    ok: impl FnOnce(&T) -> String,
+) -> Result<T, ApiError> {
+    let name = reader.map(|r| r.0.as_str());
+    c.note.reader = name.unwrap_or("").to_string();
+    let r = c.st.readers.pick(name)?;
+    c.note.reader = r.name.clone();
+    let x = c.ctx();
     let (card, res) = r
-        .run(st.reader_wait(), move |t| Ok(f(t, &c)))
+        .run(c.st.reader_wait(), move |t| Ok(f(t, &x)))
         .await
         .unwrap_or_else(|e| (String::new(), Err(e)));
-    st.audit(&op.name, method, &r.name, &card, &outcome(&res, ok))
-        .await;
+    c.note.card = card;
+    if let Ok(v) = &res {
+        c.note.detail = Some(ok(v));
+    }
     res
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_table_is_in_the_order_of_the_enum() {
+        for (i, r) in TABLE.iter().enumerate() {
+            assert_eq!(r.method as usize, i, "{}", r.name);
+            assert_eq!(Method::from_name(r.name), Some(r.method));
+            assert_eq!(r.method.name(), r.name);
+        }
+        assert_eq!(Method::from_name("pay.Debit"), None);
+    }
+
+    #[test]
+    fn roles_follow_api_md() {
+        use Method::*;
+        assert!(PayRefund.allows(Supervisor) && !PayRefund.allows(Cashier));
+        assert!(!PayDebit.allows(Admin) && !PayDebit.allows(Auditor));
+        assert!(!CardRead.allows(Admin), "admins never touch money or cards");
+        assert!(PayQuery.allows(Auditor) && !PayQuery.allows(Admin));
+        assert!(AuditQuery.allows(Auditor) && !AuditQuery.allows(Cashier));
+        assert!(SystemHealth.allows(Cashier));
+        for r in TABLE {
+            if touches_card(r.method) {
+                assert!(r.audited, "{} touches a card and must be audited", r.name);
+            }
+        }
+    }
 }

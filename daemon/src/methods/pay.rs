@@ -6,8 +6,8 @@
 //! `DUPLICATE_ORDER`. A repeat with no card anywhere returns a completed or failed
 //! payment as recorded, and `TRANSACTION_UNCERTAIN` for a pending one.
 
-use super::params::Params;
-use super::{ctx, on_card, outcome};
+use super::params::{DebitParams, QueryParams, RefundParams};
+use super::{ctx, on_card, Call};
 use crate::config::Operator;
 use crate::error::{ApiError, ErrorKind};
 use crate::journal::{Payment, PaymentKind, PaymentStatus};
@@ -46,7 +46,9 @@ async fn settle(st: &Arc<State>, op: &Operator, p: Payment) -> Payment {
             .await;
         if let Ok((card, Ok(done))) = res {
             if let Some(s) = done.into_iter().next() {
-                st.audit(&op.name, "settle", &r.name, &card, &summary(&s))
+                // the settlement stands in the payment row; State::audit logs a failure
+                let _ = st
+                    .audit(&op.name, "settle", &r.name, &card, &summary(&s))
                     .await;
                 return s;
             }
@@ -67,33 +69,28 @@ fn uncertain(p: &Payment) -> ApiError {
 }
 
 /// `pay.debit`.
-pub async fn debit(st: &Arc<State>, op: &Operator, p: &Params<'_>) -> Result<Value, ApiError> {
-    p.only(&["order_id", "amount_fen", "pin", "reader"])?;
-    let order = p.order_id("order_id")?;
-    let amount = p.fen("amount_fen")?;
-    let pin = p.pin("pin")?;
-    let reader = p.opt_str("reader")?;
-    if let Some(e) = recorded(st, &order, PaymentKind::Debit).await? {
+pub async fn debit(c: &mut Call<'_>, p: DebitParams) -> Result<Value, ApiError> {
+    let op = c.operator()?.clone();
+    let (order, amount) = (p.order_id.0, p.amount_fen.0);
+    let reader = p.reader;
+    if let Some(e) = recorded(c.st, &order, PaymentKind::Debit).await? {
+        c.note.card = e.card_number.clone();
         if e.amount_fen != i64::from(amount) {
-            let err = ApiError::kind(
+            return Err(ApiError::kind(
                 ErrorKind::DuplicateOrder,
                 format!(
                     "order {order} exists with {} fen, not {amount}",
                     e.amount_fen
                 ),
-            );
-            st.audit(
-                &op.name,
-                "pay.debit",
-                reader.unwrap_or(""),
-                &e.card_number,
-                &outcome::<()>(&Err(err.clone()), |_| String::new()),
-            )
-            .await;
-            return Err(err);
+            ));
         }
-        if st.readers.pick(reader).is_err() {
+        if c.st
+            .readers
+            .pick(reader.as_ref().map(|r| r.0.as_str()))
+            .is_err()
+        {
             // no card to compare: the record answers (no money moves either way)
+            c.note.detail = Some(format!("repeat, no card: {}", summary(&e)));
             return match e.status {
                 PaymentStatus::Pending => Err(uncertain(&e)),
                 _ => Ok(e.to_json()),
@@ -101,11 +98,9 @@ pub async fn debit(st: &Arc<State>, op: &Operator, p: &Params<'_>) -> Result<Val
         }
         let again = e.clone();
         let p = on_card(
-            st,
-            op,
-            "pay.debit",
-            reader,
-            move |c, x| ops::debit_again(c, x, again),
+            c,
+            reader.as_ref(),
+            move |t, x| ops::debit_again(t, x, again),
             |p| format!("repeat: {}", summary(p)),
         )
         .await?;
@@ -117,15 +112,13 @@ pub async fn debit(st: &Arc<State>, op: &Operator, p: &Params<'_>) -> Result<Val
     let req = DebitRequest {
         order_id: order,
         amount,
-        pin,
+        pin: p.pin.0,
         operator: op.name.clone(),
     };
     let p = on_card(
-        st,
-        op,
-        "pay.debit",
-        reader,
-        move |c, x| ops::debit(c, x, req),
+        c,
+        reader.as_ref(),
+        move |t, x| ops::debit(t, x, req),
         summary,
     )
     .await?;
@@ -135,55 +128,40 @@ pub async fn debit(st: &Arc<State>, op: &Operator, p: &Params<'_>) -> Result<Val
 /// `pay.query`: the debit of an order (or its refund with `"kind": "refund"`); a
 /// pending one is settled first if its card is in a reader (not for auditors, who never
 /// touch a card).
-pub async fn query(st: &Arc<State>, op: &Operator, p: &Params<'_>) -> Result<Value, ApiError> {
-    p.only(&["order_id", "kind"])?;
-    let order = p.order_id("order_id")?;
-    let kind = match p.opt_str("kind")? {
-        None => PaymentKind::Debit,
-        Some(k) => {
-            PaymentKind::parse(k).ok_or_else(|| ApiError::params("kind: debit or refund"))?
-        }
-    };
-    let pay = recorded(st, &order, kind)
+pub async fn query(c: &mut Call<'_>, p: QueryParams) -> Result<Value, ApiError> {
+    let op = c.operator()?.clone();
+    let order = p.order_id.0;
+    let kind = p.kind.map_or(PaymentKind::Debit, |k| k.0);
+    let pay = recorded(c.st, &order, kind)
         .await?
         .ok_or_else(|| ApiError::params(format!("order_id: no {kind} for order {order:?}")))?;
     // an auditor never touches a card: they see the record as it is
     let pay = if pay.status == PaymentStatus::Pending && op.role != Role::Auditor {
-        settle(st, op, pay).await
+        settle(c.st, &op, pay).await
     } else {
         pay
     };
-    st.audit(&op.name, "pay.query", "", &pay.card_number, &summary(&pay))
-        .await;
+    c.note.card = pay.card_number.clone();
+    c.note.detail = Some(summary(&pay));
     Ok(pay.to_json())
 }
 
 /// `pay.refund`: money back on the card of a completed debit (purse load, card profile
 /// §7). One refund per order, of the whole amount or less.
-pub async fn refund(st: &Arc<State>, op: &Operator, p: &Params<'_>) -> Result<Value, ApiError> {
-    p.only(&["order_id", "amount_fen", "pin", "reader"])?;
-    let order = p.order_id("order_id")?;
-    let amount = p.opt_fen("amount_fen")?;
-    let pin = p.pin("pin")?;
-    let reader = p.opt_str("reader")?;
-    if !st.keys.supports(KeyPurpose::Load) {
-        let e = ApiError::kind(
+pub async fn refund(c: &mut Call<'_>, p: RefundParams) -> Result<Value, ApiError> {
+    let op = c.operator()?.clone();
+    let order = p.order_id.0;
+    let amount = p.amount_fen.map(|f| f.0);
+    if !c.st.keys.supports(KeyPurpose::Load) {
+        return Err(ApiError::kind(
             ErrorKind::NotSupported,
             "refunds need the LOAD key, which this terminal's keys do not include",
-        );
-        st.audit(
-            &op.name,
-            "pay.refund",
-            reader.unwrap_or(""),
-            "",
-            &outcome::<()>(&Err(e.clone()), |_| String::new()),
-        )
-        .await;
-        return Err(e);
+        ));
     }
-    let original = recorded(st, &order, PaymentKind::Debit)
+    let original = recorded(c.st, &order, PaymentKind::Debit)
         .await?
         .ok_or_else(|| ApiError::params(format!("order_id: no debit for order {order:?}")))?;
+    c.note.card = original.card_number.clone();
     match original.status {
         PaymentStatus::Completed => {}
         PaymentStatus::Pending => return Err(uncertain(&original)),
@@ -203,15 +181,13 @@ pub async fn refund(st: &Arc<State>, op: &Operator, p: &Params<'_>) -> Result<Va
     let req = RefundRequest {
         original,
         amount,
-        pin,
+        pin: p.pin.0,
         operator: op.name.clone(),
     };
     let p = on_card(
-        st,
-        op,
-        "pay.refund",
-        reader,
-        move |c, x| ops::refund(c, x, req),
+        c,
+        p.reader.as_ref(),
+        move |t, x| ops::refund(t, x, req),
         summary,
     )
     .await?;

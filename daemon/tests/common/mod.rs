@@ -243,6 +243,24 @@ impl Client {
         }
     }
 
+    /// Whether the daemon closes the connection within `wait` (lines it sends before
+    /// closing are kept in `notifications`).
+    pub async fn closed_within(&mut self, wait: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let mut l = String::new();
+            match tokio::time::timeout_at(deadline, self.rd.read_line(&mut l)).await {
+                Err(_) => return false,
+                Ok(Ok(0)) | Ok(Err(_)) => return true,
+                Ok(Ok(_)) => {
+                    if let Ok(v) = serde_json::from_str(&l) {
+                        self.notifications.push(v);
+                    }
+                }
+            }
+        }
+    }
+
     /// The next notification of `method` (waiting up to 10 s).
     pub async fn notification(&mut self, method: &str) -> Value {
         if let Some(i) = self

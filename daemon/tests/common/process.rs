@@ -163,6 +163,22 @@ impl LineClient {
         }
     }
 
+    /// Whether the daemon closes this connection within `wait` (nothing is sent).
+    pub fn closed_within(&mut self, wait: Duration) -> bool {
+        let _ = self.s.get_ref().set_read_timeout(Some(wait));
+        let mut l = String::new();
+        let r = self.s.read_line(&mut l);
+        let _ = self
+            .s
+            .get_ref()
+            .set_read_timeout(Some(Duration::from_secs(60)));
+        match r {
+            Ok(0) => true,
+            Err(e) => e.kind() == std::io::ErrorKind::ConnectionReset,
+            Ok(_) => false,
+        }
+    }
+
     /// A client logged in as `tok-<who>`.
     pub fn login(d: &Sscardd, who: &str) -> LineClient {
         let mut c = LineClient::new(d);
