@@ -14,6 +14,9 @@
 //! tcp = "127.0.0.1:7878"              # optional, loopback only
 //! journal = "/var/lib/sscard/journal.db"
 //! reader_wait_ms = 10000              # queue wait for a reader before READER_BUSY
+//! login_timeout_ms = 10000            # a connection must log in within it (>= 100)
+//! max_unauthenticated = 16            # not yet logged in at once (1..=max_connections)
+//! idle_timeout_ms = 0                 # idle between lines; 0 = never
 //! blacklist_file = "/etc/sscard/blacklist.csv"   # optional: card,reason,until
 //! [keys]                              # exactly one of:
 //! keystore = { path = "/etc/sscard/terminal.keystore", passphrase_file = "/etc/sscard/pass" }
@@ -211,9 +214,10 @@ pub struct Config {
     pub line_timeout_ms: u64,
     /// Logged-in connections served at once (all listeners together).
     pub max_connections: usize,
-    /// How long a connection may take to log in (api.md 1.1).
+    /// How long a connection may take to log in; at least 100 (api.md 1.1).
     pub login_timeout_ms: u64,
-    /// Connections of one listener that have not logged in yet (api.md 1.1).
+    /// Connections of one listener that have not logged in yet; 1 to `max_connections`
+    /// (api.md 1.1).
     pub max_unauthenticated: usize,
     /// How long a logged-in connection may stay silent; 0 = never (api.md 1.1).
     pub idle_timeout_ms: u64,
@@ -251,10 +255,9 @@ struct RawConfig {
     line_timeout_ms: u64,
     #[serde(default = "max_conn", deserialize_with = "positive_usize")]
     max_connections: usize,
-    #[serde(default = "login_timeout")]
+    #[serde(default = "login_timeout", deserialize_with = "login_timeout_min")]
     login_timeout_ms: u64,
-    #[serde(default = "max_unauth", deserialize_with = "positive_usize")]
-    max_unauthenticated: usize,
+    max_unauthenticated: Option<toml::Spanned<usize>>,
     #[serde(default)]
     idle_timeout_ms: u64,
     #[serde(default)]
@@ -357,6 +360,13 @@ fn positive_u32<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u32, D::Error>
     }
 }
 
+fn login_timeout_min<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    match u64::deserialize(d)? {
+        v if v < 100 => Err(serde::de::Error::custom(format!("{v} ms: at least 100 ms"))),
+        v => Ok(v),
+    }
+}
+
 fn positive_opt<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
     positive(d).map(Some)
 }
@@ -428,74 +438,79 @@ pub fn token_hash(token: &str) -> String {
     hex::encode(Sha256::digest(token.as_bytes()))
 }
 
-/// The 1-based line of a byte offset.
+/// The 1-based line of a byte offset of `text` (toml's spans are byte ranges).
 fn line_of(text: &str, offset: usize) -> usize {
-    let end = offset.min(text.len());
-    text.as_bytes()[..end]
+    text.as_bytes()
         .iter()
+        .take(offset)
         .filter(|b| **b == b'\n')
         .count()
         + 1
 }
 
-/// The dotted key whose value starts near `offset`: the table header above it and the
-/// key before the `=` on its line.
-fn key_at(text: &str, offset: usize) -> Option<String> {
-    let end = offset.min(text.len());
-    let before = text.get(..end)?;
-    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
-    let on_line = &before[line_start..];
-    let local = on_line.rfind('=').and_then(|eq| {
-        let k = on_line[..eq].trim_end();
-        let start = k
-            .rfind(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == '-' || c == '.'))
-            .map_or(0, |i| i + 1);
-        let k = &k[start..];
-        (!k.is_empty()).then(|| k.to_string())
-    });
-    let header = before[..line_start].lines().rev().find_map(|l| {
-        let l = l.trim();
-        l.starts_with('[')
-            .then(|| l.trim_matches(|c| c == '[' || c == ']').to_string())
-    });
-    match (header, local) {
-        (Some(h), Some(k)) => Some(format!("{h}.{k}")),
-        (None, Some(k)) => Some(k),
-        (Some(h), None) => Some(h),
-        (None, None) => None,
+/// The dotted key of a `serde_path_to_error` path (`operators[1].name`), leaving out the
+/// private fields through which `toml::Spanned` is deserialized.
+fn dotted(path: &serde_path_to_error::Path) -> String {
+    use serde_path_to_error::Segment;
+    let mut key = String::new();
+    for seg in path.iter() {
+        match seg {
+            Segment::Seq { index } => key.push_str(&format!("[{index}]")),
+            Segment::Map { key: k } | Segment::Enum { variant: k } => {
+                if k.starts_with("$__") {
+                    continue;
+                }
+                if !key.is_empty() {
+                    key.push('.');
+                }
+                key.push_str(k);
+            }
+            Segment::Unknown => {}
+        }
     }
+    key
 }
 
-fn located(text: &str, offset: usize, message: &str) -> String {
-    match key_at(text, offset) {
-        Some(k) => format!("line {}, key {k}: {message}", line_of(text, offset)),
-        None => format!("line {}: {message}", line_of(text, offset)),
+/// `line N, key K: message`, leaving out what is not known.
+fn located(text: &str, span: Option<std::ops::Range<usize>>, key: &str, message: &str) -> String {
+    match (span.map(|s| line_of(text, s.start)), key.is_empty()) {
+        (Some(l), false) => format!("line {l}, key {key}: {message}"),
+        (Some(l), true) => format!("line {l}: {message}"),
+        (None, false) => format!("key {key}: {message}"),
+        (None, true) => message.to_string(),
     }
 }
 
 impl Config {
     /// Parse TOML text; every error names the line and, where it can, the key.
     pub fn parse(text: &str) -> Result<Config, String> {
-        let raw: RawConfig = toml::from_str(text).map_err(|e| match e.span() {
-            Some(s) => located(text, s.start, e.message()),
-            None => e.message().to_string(),
-        })?;
+        let raw: RawConfig = serde_path_to_error::deserialize(toml::Deserializer::new(text))
+            .map_err(|e| {
+                let key = dotted(e.path());
+                let e = e.into_inner();
+                located(text, e.span(), &key, e.message())
+            })?;
+        let at = |s: std::ops::Range<usize>, key: &str, message: &str| {
+            located(text, Some(s), key, message)
+        };
         let keys = match raw.keys {
             None => None,
             Some(k) => {
-                let at = k.span().start;
+                let span = k.span();
                 let k = k.into_inner();
                 let chosen = k.keystore.is_some() as u8 + k.psam.is_some() as u8 + k.test as u8;
                 if chosen != 1 {
-                    return Err(format!(
-                        "line {}, key keys: exactly one of keystore, psam or test = true",
-                        line_of(text, at)
+                    return Err(at(
+                        span,
+                        "keys",
+                        "exactly one of keystore, psam or test = true",
                     ));
                 }
                 if k.test && !raw.test_mode {
-                    return Err(format!(
-                        "line {}, key keys.test: the test master keys are refused unless test_mode = true",
-                        line_of(text, at)
+                    return Err(at(
+                        span,
+                        "keys.test",
+                        "the test master keys are refused unless test_mode = true",
                     ));
                 }
                 Some(match (k.keystore, k.psam) {
@@ -504,9 +519,10 @@ impl Config {
                             (Some(p), None) => KeystoreSecretSource::PassphraseFile(p),
                             (None, Some(c)) => KeystoreSecretSource::Credential(c),
                             _ => {
-                                return Err(format!(
-                                    "line {}, key keys.keystore: exactly one of passphrase_file or credential",
-                                    line_of(text, at)
+                                return Err(at(
+                                    span,
+                                    "keys.keystore",
+                                    "exactly one of passphrase_file or credential",
                                 ))
                             }
                         };
@@ -521,25 +537,22 @@ impl Config {
             }
         };
         let mut operators: Vec<Operator> = Vec::new();
-        for o in raw.operators {
-            let at = o.name.span().start;
+        for (i, o) in raw.operators.into_iter().enumerate() {
+            let span = o.name.span();
             let name = o.name.into_inner();
+            let fail = |field: &str, message: &str| {
+                at(span.clone(), &format!("operators[{i}].{field}"), message)
+            };
             if name.trim().is_empty() {
-                return Err(format!(
-                    "line {}, key operators.name: must not be empty",
-                    line_of(text, at)
-                ));
+                return Err(fail("name", "must not be empty"));
             }
             if operators.iter().any(|x| x.name == name) {
-                return Err(format!(
-                    "line {}, key operators.name: operator {name:?} appears twice",
-                    line_of(text, at)
-                ));
+                return Err(fail("name", &format!("operator {name:?} appears twice")));
             }
             if operators.iter().any(|x| x.token_sha256 == o.token_sha256) {
-                return Err(format!(
-                    "line {}, key operators.token_sha256: operator {name:?} shares a token with another",
-                    line_of(text, at)
+                return Err(fail(
+                    "token_sha256",
+                    &format!("operator {name:?} shares a token with another"),
                 ));
             }
             operators.push(Operator {
@@ -549,6 +562,21 @@ impl Config {
                 enabled: o.enabled,
             });
         }
+        let max_unauthenticated = match raw.max_unauthenticated {
+            // The default never exceeds the connections served.
+            None => max_unauth().min(raw.max_connections),
+            Some(m) => {
+                let (span, m) = (m.span(), m.into_inner());
+                if m == 0 || m > raw.max_connections {
+                    return Err(at(
+                        span,
+                        "max_unauthenticated",
+                        &format!("{m}: from 1 to max_connections ({})", raw.max_connections),
+                    ));
+                }
+                m
+            }
+        };
         Ok(Config {
             socket: raw.socket,
             socket_mode: raw.socket_mode,
@@ -564,7 +592,7 @@ impl Config {
             line_timeout_ms: raw.line_timeout_ms,
             max_connections: raw.max_connections,
             login_timeout_ms: raw.login_timeout_ms,
-            max_unauthenticated: raw.max_unauthenticated,
+            max_unauthenticated,
             idle_timeout_ms: raw.idle_timeout_ms,
             backup: raw.backup,
             upload: raw.upload,
@@ -661,7 +689,10 @@ mod tests {
             "{e}"
         );
         let e = err("[[operators]]\nname = \"a\"\ntoken_sha256 = \"abc\"\nrole = \"cashier\"\n");
-        assert!(e.starts_with("line 5, key operators.token_sha256"), "{e}");
+        assert!(
+            e.starts_with("line 5, key operators[0].token_sha256"),
+            "{e}"
+        );
         let e = err("[[operators]]\nname = \"a\"\ntoken_sha256 = \"\"\nrole = \"boss\"\n");
         assert!(e.contains("line"), "{e}");
     }
@@ -719,7 +750,7 @@ mod tests {
         };
         let e = err(&format!("{}{}", op("a", "t1"), op("a", "t2")));
         assert!(
-            e.starts_with("line 8, key operators.name") && e.contains("twice"),
+            e.starts_with("line 8, key operators[1].name") && e.contains("twice"),
             "{e}"
         );
         let e = err(&format!("{}{}", op("a", "t1"), op("b", "t1")));
@@ -762,5 +793,93 @@ mod tests {
         assert!(err("[backup]\nretention = 26\n").contains("retention"));
         let e = err("[backup]\nretention_weeks = 0\n");
         assert!(e.contains("backup.retention_weeks"), "{e}");
+    }
+
+    #[test]
+    fn unknown_key_in_a_nested_table_names_its_line_and_table() {
+        let e = err("[keys]\npsam = { reader = \"r\", slot = 1 }\n");
+        assert!(e.starts_with("line 4, key keys.psam.slot:"), "{e}");
+        assert!(e.contains("unknown field `slot`"), "{e}");
+        let e = err("[upload]\nendpoint = \"https://c\"\n\nbatch = 5\n");
+        assert!(e.starts_with("line 6, key upload.batch:"), "{e}");
+        assert!(e.contains("unknown field `batch`"), "{e}");
+    }
+
+    #[test]
+    fn wrong_type_names_its_line_and_dotted_key() {
+        let e = err("[keys]\npsam = { reader = 7 }\n");
+        assert!(e.starts_with("line 4, key keys.psam.reader:"), "{e}");
+        assert!(e.contains("invalid type"), "{e}");
+        let op = format!(
+            "[[operators]]\nname = \"a\"\ntoken_sha256 = \"{}\"\nrole = \"cashier\"\n",
+            token_hash("t1")
+        );
+        let e = err(&format!("{op}{op}")
+            .replacen("name = \"a\"", "name = \"b\"", 1)
+            .replace(
+                "role = \"cashier\"\n[[",
+                "role = \"cashier\"\nenabled = \"yes\"\n[[",
+            ));
+        assert!(e.starts_with("line 7, key operators[0].enabled:"), "{e}");
+        let e = err("idle_timeout_ms = -1\n");
+        assert!(e.starts_with("line 3, key idle_timeout_ms:"), "{e}");
+    }
+
+    #[test]
+    fn custom_validation_names_its_line_and_key() {
+        let e = err("\n\nlogin_timeout_ms = 99\n");
+        assert!(
+            e.starts_with("line 5, key login_timeout_ms:") && e.contains("at least 100"),
+            "{e}"
+        );
+        let e = err("[backup]\ndir = \"/b\"\nschedule = \"hourly\"\n");
+        assert!(e.starts_with("line 5, key backup.schedule:"), "{e}");
+        let e = err("[upload]\nendpoint = \"https://c\"\ninterval_seconds = 0\n");
+        assert!(
+            e.starts_with("line 5, key upload.interval_seconds:") && e.contains("positive"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn connection_limits_have_defaults_and_bounds() {
+        let c = Config::parse(BASE).unwrap();
+        assert_eq!(
+            (c.login_timeout_ms, c.max_unauthenticated, c.idle_timeout_ms),
+            (10_000, 16, 0)
+        );
+        let c = Config::parse(&format!(
+            "{BASE}login_timeout_ms = 100\nmax_unauthenticated = 64\nidle_timeout_ms = 600000\n"
+        ))
+        .unwrap();
+        assert_eq!(
+            (c.login_timeout_ms, c.max_unauthenticated, c.idle_timeout_ms),
+            (100, 64, 600_000)
+        );
+        // The default follows a smaller max_connections.
+        let c = Config::parse(&format!("{BASE}max_connections = 4\n")).unwrap();
+        assert_eq!(c.max_unauthenticated, 4);
+        let e = err("max_connections = 8\nmax_unauthenticated = 9\n");
+        assert!(
+            e.starts_with("line 4, key max_unauthenticated:") && e.contains("max_connections (8)"),
+            "{e}"
+        );
+        let e = err("max_unauthenticated = 0\n");
+        assert!(e.starts_with("line 3, key max_unauthenticated:"), "{e}");
+        let t = Config::test("650200".parse().unwrap(), "650200000001".parse().unwrap());
+        assert_eq!(
+            (t.login_timeout_ms, t.max_unauthenticated, t.idle_timeout_ms),
+            (10_000, 16, 0)
+        );
+    }
+
+    #[test]
+    fn post_parse_checks_name_their_line() {
+        let e = err("\n[keys]\npsam = { reader = \"r\" }\ntest = true\n");
+        assert!(e.starts_with("line 4, key keys:"), "{e}");
+        let e = err("[keys]\nkeystore = { path = \"/k\" }\n");
+        assert!(e.starts_with("line 3, key keys.keystore:"), "{e}");
+        let e = err("[[operators]]\nname = \" \"\n");
+        assert!(e.contains("operators[0]"), "{e}");
     }
 }
