@@ -334,6 +334,7 @@ async fn idle_unauthenticated_clients_never_shut_out_the_others() {
             c.max_unauthenticated = 4;
             c.max_connections = 8;
             c.login_timeout_ms = 400;
+            c.tcp = Some("127.0.0.1:0".parse().unwrap());
         },
         None,
     )
@@ -347,6 +348,15 @@ async fn idle_unauthenticated_clients_never_shut_out_the_others() {
     let mut fifth = d.client().await;
     let v: Value = serde_json::from_str(&fifth.try_read_line().await.unwrap()).unwrap();
     assert_eq!(v["error"]["code"], -32000, "{v}");
+    // the socket's waiting slots are not the TCP port's
+    let mut t = std::net::TcpStream::connect(d.tcp.unwrap()).unwrap();
+    t.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    t.write_all(b"{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"system.health\"}\n")
+        .unwrap();
+    let mut got = [0u8; 512];
+    let n = t.read(&mut got).unwrap();
+    let v: Value = serde_json::from_slice(&got[..n]).unwrap();
+    assert_eq!(v["result"]["journal"], "ok", "{v}");
     // the idle ones are closed when the login timeout passes ...
     for mut s in idle {
         s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
