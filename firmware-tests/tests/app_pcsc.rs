@@ -418,8 +418,9 @@ fn tear_recovery_after_a_later_purchase() {
         app::read_card(&mut tx).unwrap();
         app::verify_pin(&mut tx, &pin("123456")).unwrap();
         let later = app::initialize_purchase(&mut tx, &mut keys, &id, 300, when()).unwrap();
+        let later_counter = later.counter;
         later.debit(&mut tx, &mut keys).unwrap();
-        assert_eq!(later.counter, if commit { counter + 1 } else { counter });
+        assert_eq!(later_counter, if commit { counter + 1 } else { counter });
         let r = app::recover_purchase(&mut tx, counter, 700, &keys.terminal_id()).unwrap();
         let bal = app::balance(&mut tx).unwrap();
         if commit {
