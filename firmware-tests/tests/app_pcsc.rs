@@ -258,12 +258,13 @@ fn torn_purchase(
         let id = app::read_card(&mut tx).unwrap().card_id;
         app::verify_pin(&mut tx, &pin("123456")).unwrap();
         let p = app::initialize_purchase(&mut tx, &mut keys, &id, 700, when()).unwrap();
+        let counter = p.counter;
         let e = p.debit(&mut tx, &mut keys).unwrap_err();
         assert!(
             matches!(e, AppError::Uncertain { step: "DEBIT", .. }),
             "{e}"
         );
-        (p.counter, id)
+        (counter, id)
     };
     let deadline = Instant::now() + Duration::from_secs(10);
     while card.reset().map(|a| a.is_empty()).unwrap_or(true) {
