@@ -11,6 +11,7 @@ use sscard_driver::personalize::{self, IssuerKeys, Mode, PersoRecord};
 use sscard_driver::testkeys::test_master_keys;
 use sscard_driver::transport::{CardTransport, Transaction};
 use sscard_driver::CardId;
+use sscard_firmware_tests::clearing::purchase_tac;
 use sscard_firmware_tests::testbed::Vcard;
 use std::time::{Duration, Instant};
 
@@ -65,22 +66,10 @@ fn read_authenticate_and_pay() {
     assert_eq!(proof.balance_after, before - 1234);
     assert_eq!(app::balance(&mut tx).unwrap(), before - 1234);
     // the TAC verifies with the clearing centre's formula
-    let (date, time) = app::bcd_datetime(when());
-    let ctx = PurchaseContext {
-        card_id: rec.card_id,
-        amount: 1234,
-        counter: proof.counter,
-        random: [0; 4],
-        terminal_id: keys.terminal_id(),
-        terminal_seq: proof.terminal_seq,
-        date,
-        time,
-    };
-    let kc_tac = test_master_keys()
-        .card_keys(&rec.card_id)
-        .get(KeyPurpose::Tac)
-        .clone();
-    assert_eq!(proof.tac, hex::encode_upper(ctx.tac(&kc_tac)));
+    assert_eq!(
+        proof.tac,
+        purchase_tac(rec.card_id, keys.terminal_id(), &proof, when())
+    );
     let log = app::transaction_log(&mut tx).unwrap();
     assert_eq!(
         (log[0].counter, log[0].amount, log[0].kind),
@@ -378,22 +367,11 @@ fn purchase_through_a_psam() {
     for amount in [300u32, 450] {
         let p = app::initialize_purchase(&mut tx, &mut psam, &id, amount, when()).unwrap();
         let proof = p.debit(&mut tx, &mut psam).unwrap();
-        let (date, time) = app::bcd_datetime(when());
-        let ctx = PurchaseContext {
-            card_id: id,
-            amount,
-            counter: proof.counter,
-            random: [0; 4],
-            terminal_id: psam.terminal_id(),
-            terminal_seq: proof.terminal_seq,
-            date,
-            time,
-        };
-        let kc_tac = test_master_keys()
-            .card_keys(&id)
-            .get(KeyPurpose::Tac)
-            .clone();
-        assert_eq!(proof.tac, hex::encode_upper(ctx.tac(&kc_tac)));
+        assert_eq!(proof.amount, amount);
+        assert_eq!(
+            proof.tac,
+            purchase_tac(id, psam.terminal_id(), &proof, when())
+        );
         seqs.push(proof.terminal_seq);
     }
     assert_eq!(seqs[1], seqs[0] + 1, "the PSAM raises its sequence");

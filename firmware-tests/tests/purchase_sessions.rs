@@ -4,14 +4,13 @@
 
 use chrono::NaiveDate;
 use sscard_driver::app::{self, AppError, Pin, PreparedPurchase};
-use sscard_driver::crypto::PurchaseContext;
 use sscard_driver::keyprovider::psam::PsamProvider;
 use sscard_driver::keyprovider::{KeyError, KeyProvider, SoftwareKeys};
 use sscard_driver::keys::KeyPurpose;
-use sscard_driver::testkeys::test_master_keys;
 use sscard_driver::transport::Transaction;
 use sscard_driver::CardId;
 use sscard_firmware_tests::card::{EmulatedCard, Knobs, Personalization};
+use sscard_firmware_tests::clearing::purchase_tac;
 use sscard_firmware_tests::psam::Psam;
 use sscard_firmware_tests::sim::SimReader;
 
@@ -42,24 +41,8 @@ fn prepare(tx: &mut Transaction<'_>, keys: &mut dyn KeyProvider, amount: u32) ->
     app::initialize_purchase(tx, keys, &id, amount, when()).unwrap()
 }
 
-/// The TAC the clearing centre computes for a purchase.
 fn tac(id: CardId, tid: sscard_driver::TerminalId, p: &app::PurchaseProof) -> String {
-    let (date, time) = app::bcd_datetime(when());
-    let ctx = PurchaseContext {
-        card_id: id,
-        amount: p.amount,
-        counter: p.counter,
-        random: [0; 4],
-        terminal_id: tid,
-        terminal_seq: p.terminal_seq,
-        date,
-        time,
-    };
-    let k = test_master_keys()
-        .card_keys(&id)
-        .get(KeyPurpose::Tac)
-        .clone();
-    hex::encode_upper(ctx.tac(&k))
+    purchase_tac(id, tid, p, when())
 }
 
 #[test]
