@@ -8,62 +8,32 @@ use common::*;
 use serde_json::json;
 use sscard_daemon::readers::sim::SimControl;
 use sscard_firmware_tests::card::Personalization;
-use sscard_firmware_tests::{Reply, VirtualCard};
-use std::sync::{Arc, Mutex};
 
-/// A shared card that keeps every command APDU it is sent.
-#[derive(Clone)]
-struct Watched {
-    card: SharedCard,
-    seen: Arc<Mutex<Vec<Vec<u8>>>>,
-}
-
-impl Watched {
-    fn new(card: SharedCard) -> Self {
-        Watched {
-            card,
-            seen: Arc::default(),
-        }
-    }
-    /// The instruction bytes sent since the last call.
-    fn take_ins(&self) -> Vec<u8> {
-        let mut s = self.seen.lock().unwrap();
-        let ins = s.iter().filter_map(|c| c.get(1).copied()).collect();
-        s.clear();
-        ins
-    }
-    fn pin_tries(&self) -> u8 {
-        self.card.0.lock().unwrap().image().pin_tries
-    }
-    fn counter(&self) -> u16 {
-        self.card.0.lock().unwrap().image().counter
-    }
-}
-
-impl VirtualCard for Watched {
-    fn atr(&self) -> Vec<u8> {
-        self.card.atr()
-    }
-    fn power_on(&mut self) {
-        self.card.power_on()
-    }
-    fn power_off(&mut self) {
-        self.card.power_off()
-    }
-    fn reset(&mut self) {
-        self.card.reset()
-    }
-    fn process(&mut self, command: &[u8]) -> Reply {
-        self.seen.lock().unwrap().push(command.to_vec());
-        self.card.process(command)
-    }
-}
-
-fn card(serial: &str, insured_status: &str) -> Watched {
+/// A test card with its insured status, kept by the test while a reader holds it.
+fn card(serial: &str, insured_status: &str) -> SharedCard {
     let mut p = Personalization::default_test_card();
     p.chip_serial = serial.into();
     p.insured_status = insured_status.into();
-    Watched::new(SharedCard::with(&p))
+    SharedCard::with(&p)
+}
+
+/// What a terminal could change on the card: PIN tries, purse counter, balance.
+fn state(c: &SharedCard) -> (u8, u16, u32) {
+    let g = c.0.lock().unwrap();
+    let i = g.image();
+    (i.pin_tries, i.counter, i.balance)
+}
+
+fn counts(c: &SharedCard) -> [u32; 256] {
+    c.0.lock().unwrap().commands_by_ins()
+}
+
+/// The instructions the card was sent since `before` (a [`counts`] snapshot).
+fn sent_since(c: &SharedCard, before: &[u32; 256]) -> Vec<u8> {
+    let now = counts(c);
+    (0..=255u8)
+        .filter(|&i| now[usize::from(i)] > before[usize::from(i)])
+        .collect()
 }
 
 fn pay(reader: &str, order: &str, pin: &str) -> serde_json::Value {
@@ -78,8 +48,8 @@ async fn a_suspended_insured_person_is_refused_before_any_pin_or_debit() {
     let suspended = card("00000000000000C2", "02");
     let active = card("00000000000000C1", "01");
     let sim = SimControl::new();
-    sim.add_reader_with_card("suspended", Box::new(suspended.clone()));
-    sim.add_reader_with_card("active", Box::new(active.clone()));
+    sim.add_reader_with_card("suspended", suspended.boxed());
+    sim.add_reader_with_card("active", active.boxed());
     let d = InProc::start_with(sim, |_| {}, None).await;
     let mut c = d.login("cashier").await;
 
@@ -88,16 +58,12 @@ async fn a_suspended_insured_person_is_refused_before_any_pin_or_debit() {
         .await
         .unwrap();
     assert_eq!(read["insured_status"], "02", "{read}");
-    let (tries, counter, balance) = (
-        suspended.pin_tries(),
-        suspended.counter(),
-        suspended.card.balance(),
-    );
-    assert_eq!(tries, 3);
-    suspended.take_ins();
+    let before = state(&suspended);
+    assert_eq!(before.0, 3, "three PIN tries");
 
     // the right PIN would pay; a wrong one would spend a try if VERIFY were sent
     for (order, pin) in [("S-1", "123456"), ("S-2", "000000")] {
+        let seen = counts(&suspended);
         let e = c
             .call("pay.debit", pay("suspended", order, pin))
             .await
@@ -107,21 +73,19 @@ async fn a_suspended_insured_person_is_refused_before_any_pin_or_debit() {
             (Some(1011), "INSURANCE_SUSPENDED"),
             "{e}"
         );
-        let sent = suspended.take_ins();
-        assert!(!sent.is_empty(), "the records were read");
+        let sent = sent_since(&suspended, &seen);
+        assert!(sent.contains(&0xB2), "the records were read: {sent:02X?}");
         assert!(
             sent.iter().all(|i| READING.contains(i)),
             "only the records were read, then nothing: {sent:02X?}"
         );
-        assert_eq!(suspended.pin_tries(), tries, "no PIN try spent");
-        assert_eq!(suspended.counter(), counter, "no purchase begun");
-        assert_eq!(suspended.card.balance(), balance, "nothing debited");
+        assert_eq!(state(&suspended), before, "no PIN try, purchase or debit");
     }
     let b = c
         .call("card.balance", json!({"reader": "suspended"}))
         .await
         .unwrap();
-    assert_eq!(b["balance_fen"], i64::from(balance));
+    assert_eq!(b["balance_fen"], i64::from(before.2));
 
     // no payment exists for those orders
     for order in ["S-1", "S-2"] {
@@ -139,16 +103,15 @@ async fn a_suspended_insured_person_is_refused_before_any_pin_or_debit() {
     assert_eq!(day["count"], 0, "{day}");
 
     // an active card is paid as before: the refusal is the status, not the terminal
+    let seen = counts(&active);
     let p = c
         .call("pay.debit", pay("active", "A-1", "123456"))
         .await
         .unwrap();
     assert_eq!(p["status"], "completed", "{p}");
-    assert_eq!(active.card.balance(), balance - 500);
-    assert!(
-        active.take_ins().contains(&0x20),
-        "the active card got VERIFY"
-    );
+    assert_eq!(active.balance(), before.2 - 500);
+    let sent = sent_since(&active, &seen);
+    assert!(sent.contains(&0x20) && sent.contains(&0x54), "{sent:02X?}");
 
     // each refusal is audited with the card and its kind
     let mut a = d.login("audit").await;
