@@ -40,6 +40,8 @@
 //! database file's mode), whatever the umask.
 
 pub mod chain;
+#[cfg(test)]
+mod fs_tests;
 pub mod payment;
 pub mod writer;
 
