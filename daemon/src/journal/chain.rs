@@ -243,10 +243,8 @@ fn verify_db(db: &Connection) -> JResult<Verification> {
     }
     match &v.head {
         // a schema-1 journal without the head table predates it
-        None if has_head_table || schema >= 2 => {
-            if v.entries > 0 || v.payments > 0 {
-                v.findings.push(Tamper::HeadMissing { last: prev_seq });
-            }
+        None if (has_head_table || schema >= 2) && (v.entries > 0 || v.payments > 0) => {
+            v.findings.push(Tamper::HeadMissing { last: prev_seq })
         }
         None => {}
         Some(h) if h.seq != prev_seq => v.findings.push(Tamper::Truncated {
