@@ -43,7 +43,6 @@ pub mod chain;
 #[cfg(test)]
 mod fs_tests;
 pub mod payment;
-mod probe_tmp;
 pub mod writer;
 
 use rusqlite::{params, Connection, OptionalExtension};
