@@ -20,7 +20,7 @@ const START_BALANCE: i64 = 100_000;
 fn config() -> String {
     format!(
         "terminal_id = \"650200000001\"\nregion = \"650200\"\ntest_mode = true\n\
-         reader_wait_ms = 60000\n[keys]\ntest = true\n\
+         reader_wait_ms = 60000\nmax_unauthenticated = 64\n[keys]\ntest = true\n\
          [limits]\nper_transaction_fen = 500000\nper_card_per_day_fen = 100000000\n{}",
         operators_toml(false)
     )
@@ -277,6 +277,7 @@ fn fifty_clients_on_two_readers_lose_and_double_nothing() {
     for r in &readers {
         sees_card(&mut c, r);
     }
+    // 50 clients log in at once: the configuration gives them 64 waiting slots
     const CLIENTS: usize = 50;
     let go = std::sync::Arc::new(std::sync::Barrier::new(CLIENTS));
     let threads: Vec<_> = (0..CLIENTS)
