@@ -63,8 +63,11 @@ impl Sscardd {
         let socket = dir.join("s.sock");
         let journal = dir.join("journal.db");
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_sscardd"));
-        cmd.env("SSCARD_LOG", std::env::var("SSCARD_TEST_DAEMON_LOG").unwrap_or("warn".into()))
-            .arg(mode);
+        cmd.env(
+            "SSCARD_LOG",
+            std::env::var("SSCARD_TEST_DAEMON_LOG").unwrap_or("warn".into()),
+        )
+        .arg(mode);
         if with_config {
             cmd.arg("--config").arg(dir.join("sscardd.toml"));
         }
