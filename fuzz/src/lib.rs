@@ -61,7 +61,11 @@ pub fn config(data: &[u8]) {
         Err(e) => {
             assert!(!e.is_empty());
             if let Some(n) = line_number(&e) {
-                assert!(n >= 1 && n <= lines_in(text), "{e:?} in {} lines", lines_in(text));
+                assert!(
+                    n >= 1 && n <= lines_in(text),
+                    "{e:?} in {} lines",
+                    lines_in(text)
+                );
             }
         }
     }
@@ -71,9 +75,13 @@ pub fn config(data: &[u8]) {
 fn is_canonical_date(s: &str) -> bool {
     let b = s.as_bytes();
     b.len() == 10
-        && b.iter()
-            .enumerate()
-            .all(|(i, c)| if i == 4 || i == 7 { *c == b'-' } else { c.is_ascii_digit() })
+        && b.iter().enumerate().all(|(i, c)| {
+            if i == 4 || i == 7 {
+                *c == b'-'
+            } else {
+                c.is_ascii_digit()
+            }
+        })
 }
 
 /// `sscard_daemon::journal::parse_blacklist`: every entry has a card and a reason that
@@ -87,8 +95,16 @@ pub fn blacklist(data: &[u8]) {
         Ok(entries) => {
             assert!(entries.len() <= text.lines().count());
             for e in &entries {
-                assert!(!e.card.is_empty() && e.card.len() <= 32, "card {:?}", e.card);
-                assert!(e.card.chars().all(|c| c.is_ascii_alphanumeric()), "card {:?}", e.card);
+                assert!(
+                    !e.card.is_empty() && e.card.len() <= 32,
+                    "card {:?}",
+                    e.card
+                );
+                assert!(
+                    e.card.chars().all(|c| c.is_ascii_alphanumeric()),
+                    "card {:?}",
+                    e.card
+                );
                 assert!(!e.reason.is_empty(), "empty reason");
                 assert!(
                     e.reason.chars().count() <= sscard_daemon::text::MAX_REASON,
@@ -146,14 +162,28 @@ pub fn atr(data: &[u8]) {
             None => assert_eq!(i + 1, a.groups.len()),
         }
     }
-    let not_t0 = a.groups.iter().any(|g| g.td.is_some_and(|td| td & 0x0F != 0));
+    let not_t0 = a
+        .groups
+        .iter()
+        .any(|g| g.td.is_some_and(|td| td & 0x0F != 0));
     assert_eq!(a.tck.is_some(), not_t0);
     if a.tck.is_some() {
         assert_eq!(data[1..].iter().fold(0u8, |x, b| x ^ b), 0);
     }
     assert!(!a.protocol_numbers().is_empty());
-    let _ = (a.protocols(), a.fi(), a.di(), a.fmax_hz(), a.extra_guard_time());
-    let _ = (a.baud_rate(u32::MAX), a.baud_rate(0), a.specific_mode(), a.wi());
+    let _ = (
+        a.protocols(),
+        a.fi(),
+        a.di(),
+        a.fmax_hz(),
+        a.extra_guard_time(),
+    );
+    let _ = (
+        a.baud_rate(u32::MAX),
+        a.baud_rate(0),
+        a.specific_mode(),
+        a.wi(),
+    );
     let _ = (a.ifsc(), a.bwi_cwi(), a.clock_stop_and_class());
     assert!(a.describe().starts_with("ATR: "));
     assert_eq!(Atr::parse(a.as_bytes()).as_ref(), Ok(&a));
@@ -248,19 +278,29 @@ pub fn jsonrpc(data: &[u8]) {
     };
     let line = reply(id, &answer);
     assert!(!line.contains('\n'));
-    let v: serde_json::Value = serde_json::from_str(&line).expect("the reply is JSON");
-    assert_eq!(v["jsonrpc"], "2.0");
-    let id_text = id.map_or("null", |i| i.get());
-    let echoed: &serde_json::value::RawValue = {
-        #[derive(serde::Deserialize)]
-        struct Id<'a> {
-            #[serde(borrow)]
-            id: &'a serde_json::value::RawValue,
-        }
-        let r: Id<'_> = serde_json::from_str(&line).expect("the reply has an id");
-        r.id
-    };
-    assert_eq!(echoed.get(), id_text, "id not echoed as sent");
+    // Read back without converting numbers: an id such as 1e400 is valid JSON that
+    // only an f64 cannot hold, and it is echoed as sent.
+    #[derive(serde::Deserialize)]
+    struct Reply<'a> {
+        #[serde(borrow)]
+        jsonrpc: &'a serde_json::value::RawValue,
+        #[serde(borrow)]
+        id: &'a serde_json::value::RawValue,
+        #[serde(borrow, default)]
+        result: Option<&'a serde_json::value::RawValue>,
+        #[serde(borrow, default)]
+        error: Option<&'a serde_json::value::RawValue>,
+    }
+    let r: Reply<'_> = serde_json::from_str(&line).expect("the reply is one JSON object");
+    assert_eq!(r.jsonrpc.get(), "\"2.0\"");
+    assert_eq!(
+        r.id.get(),
+        id.map_or("null", |i| i.get()),
+        "id not echoed as sent"
+    );
+    // (a `null` result reads as `None`)
+    assert!(r.result.is_none() || r.error.is_none());
+    assert_eq!(r.error.is_some(), answer.is_err());
 }
 
 #[cfg(test)]
@@ -269,7 +309,9 @@ mod tests {
 
     /// Every committed seed passes its target's checks.
     fn seeds(target: &str, check: fn(&[u8])) {
-        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("in").join(target);
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("in")
+            .join(target);
         let mut n = 0;
         for e in std::fs::read_dir(&dir).expect("seed directory") {
             let p = e.expect("seed entry").path();
