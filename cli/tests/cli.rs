@@ -177,7 +177,11 @@ fn audit_verify_finds_a_changed_entry() {
     }
     let (code, out, _) = sscard(&["audit", "verify", "--journal", db.to_str().unwrap()]);
     assert_eq!(code, 0);
-    assert!(out.contains("intact") && out.contains('3'), "{out}");
+    // the 3 entries after the journal's creation
+    assert!(
+        out.contains("intact") && out.contains("entries      4"),
+        "{out}"
+    );
     rusqlite::Connection::open(&db)
         .unwrap()
         .execute("UPDATE audit SET operator='someone' WHERE seq=2", [])
@@ -185,6 +189,77 @@ fn audit_verify_finds_a_changed_entry() {
     let (code, _, err) = sscard(&["audit", "verify", "--journal", db.to_str().unwrap()]);
     assert_eq!(code, 4, "{err}");
     assert!(err.contains("entry 2"), "{err}");
+}
+
+#[test]
+fn audit_verify_lists_deleted_entries_and_edited_payments() {
+    use sscard_daemon::journal::{Journal, Payment, PaymentKind, PaymentStatus};
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("journal.db");
+    {
+        let mut j = Journal::open(&db).unwrap();
+        for i in 0..30 {
+            j.audit(
+                "2026-11-23T10:00:00+08:00",
+                "li.na",
+                "session.login",
+                "",
+                "",
+                "ok",
+            )
+            .unwrap();
+            j.insert(&Payment {
+                order_id: format!("O-{i}"),
+                txn_id: format!("650200000001-{i}"),
+                kind: PaymentKind::Debit,
+                status: PaymentStatus::Completed,
+                card_id: "00".repeat(16),
+                card_number: "A65020001".into(),
+                amount_fen: 100,
+                balance_before_fen: 1000,
+                balance_after_fen: 900,
+                counter: i,
+                terminal_id: "650200000001".into(),
+                terminal_seq: i,
+                time: "2026-11-23T10:00:00+08:00".into(),
+                tac: "01020304".into(),
+                operator: "li.na".into(),
+            })
+            .unwrap();
+        }
+    }
+    let verify = || sscard(&["audit", "verify", "--journal", db.to_str().unwrap()]);
+    let (code, out, _) = verify();
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("30 anchored"), "{out}");
+    let sql = |s: &str| {
+        rusqlite::Connection::open(&db)
+            .unwrap()
+            .execute_batch(s)
+            .unwrap()
+    };
+    sql("UPDATE payments SET amount_fen=1 WHERE txn_id='650200000001-3'");
+    let (code, _, err) = verify();
+    assert_eq!(code, 4, "{err}");
+    assert!(err.contains("payment 650200000001-3 was changed"), "{err}");
+    assert!(err.contains("1 finding "), "{err}");
+    // the newest entries and the head deleted (the attack run's case), then all of them
+    sql(
+        "UPDATE payments SET amount_fen=100 WHERE txn_id='650200000001-3';
+         DELETE FROM audit WHERE seq > 20; DELETE FROM audit_head;",
+    );
+    let (code, _, err) = verify();
+    assert_eq!(code, 4, "{err}");
+    assert!(err.contains("chain head (audit_head) was deleted"), "{err}");
+    assert!(
+        err.contains("payment 650200000001-29 names audit entry 31, which was deleted"),
+        "{err}"
+    );
+    sql("DELETE FROM audit");
+    let (code, _, err) = verify();
+    assert_eq!(code, 4, "{err}");
+    assert!(err.contains("31 findings"), "{err}");
+    assert!(err.contains("… and 11 more"), "{err}");
 }
 
 #[test]

@@ -20,7 +20,7 @@ use crate::server::{self, Listener};
 use crate::state::State;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -48,27 +48,42 @@ pub struct Daemon {
     background: Vec<tokio::task::JoinHandle<()>>,
 }
 
-/// Bind the Unix socket: refuse if another daemon answers there, else replace a stale
-/// file; then set the configured mode.
+/// Bind the Unix socket. An existing path is replaced only when it is a socket and no
+/// daemon answers on it (connecting is refused); a regular file, a directory, a link or
+/// a live daemon's socket makes start-up fail, naming the path. Then set the mode.
 fn bind_unix(path: &Path, mode: u32) -> Result<tokio::net::UnixListener, String> {
+    let at = || format!("socket {}", path.display());
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir)
             .map_err(|e| format!("socket directory {}: {e}", dir.display()))?;
     }
-    if path.exists() {
-        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+    match std::fs::symlink_metadata(path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(format!("{}: {e}", at())),
+        Ok(m) if !m.file_type().is_socket() => {
             return Err(format!(
-                "socket {}: another daemon is serving there",
-                path.display()
-            ));
+                "{}: the path holds something that is not a socket; not replacing it",
+                at()
+            ))
         }
-        std::fs::remove_file(path).map_err(|e| format!("socket {}: {e}", path.display()))?;
+        Ok(_) => match std::os::unix::net::UnixStream::connect(path) {
+            Ok(_) => return Err(format!("{}: another daemon is serving there", at())),
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+                // a stale socket left by a daemon that died
+                std::fs::remove_file(path).map_err(|e| format!("{}: {e}", at()))?;
+            }
+            Err(e) => {
+                return Err(format!(
+                    "{}: a socket is there and cannot be checked ({e}); not replacing it",
+                    at()
+                ))
+            }
+        },
     }
-    let l = tokio::net::UnixListener::bind(path)
-        .map_err(|e| format!("socket {}: {e}", path.display()))?;
+    let l = tokio::net::UnixListener::bind(path).map_err(|e| format!("{}: {e}", at()))?;
     // until this chmod the umask's mode applies, which never grants others write access
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
-        .map_err(|e| format!("socket {}: {e}", path.display()))?;
+        .map_err(|e| format!("{}: {e}", at()))?;
     Ok(l)
 }
 
@@ -206,5 +221,58 @@ async fn settle_on_insert(st: Arc<State>, mut events: broadcast::Receiver<Event>
                     .await;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::bind_unix;
+
+    #[tokio::test]
+    async fn a_file_that_is_not_a_socket_is_kept_and_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("journal-copy.db");
+        std::fs::write(&path, b"SQLite format 3\0 and 172 KB more").unwrap();
+        let e = bind_unix(&path, 0o660).unwrap_err();
+        assert!(e.contains(&path.display().to_string()), "{e}");
+        assert!(e.contains("not a socket"), "{e}");
+        assert_eq!(
+            std::fs::read(&path).unwrap(),
+            b"SQLite format 3\0 and 172 KB more"
+        );
+        // nor a directory, nor a link to a socket
+        let sub = dir.path().join("d");
+        std::fs::create_dir(&sub).unwrap();
+        assert!(bind_unix(&sub, 0o660).is_err());
+        assert!(sub.is_dir());
+        let stale = dir.path().join("stale.sock");
+        drop(std::os::unix::net::UnixListener::bind(&stale).unwrap());
+        let link = dir.path().join("link.sock");
+        std::os::unix::fs::symlink(&stale, &link).unwrap();
+        assert!(bind_unix(&link, 0o660).is_err());
+        assert!(link.symlink_metadata().unwrap().file_type().is_symlink());
+    }
+
+    #[tokio::test]
+    async fn a_live_daemons_socket_is_not_taken_over() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.sock");
+        let live = std::os::unix::net::UnixListener::bind(&path).unwrap();
+        let e = bind_unix(&path, 0o660).unwrap_err();
+        assert!(e.contains("another daemon"), "{e}");
+        // the live one still answers
+        std::os::unix::net::UnixStream::connect(&path).unwrap();
+        assert!(live.accept().is_ok());
+    }
+
+    #[tokio::test]
+    async fn a_stale_socket_is_replaced() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.sock");
+        drop(std::os::unix::net::UnixListener::bind(&path).unwrap());
+        assert!(path.exists(), "a closed listener leaves its file");
+        let l = bind_unix(&path, 0o660).unwrap();
+        let _c = std::os::unix::net::UnixStream::connect(&path).unwrap();
+        assert!(l.accept().await.is_ok());
     }
 }

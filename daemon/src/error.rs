@@ -210,13 +210,10 @@ pub fn from_driver<'a>(e: impl Into<DriverError<'a>>) -> ApiError {
             // removed, reset, mute, link lost: whatever was in flight may have happened
             _ => E::kind(ErrorKind::CardRemoved, t.to_string()),
         },
-        DriverError::Key(k) => match k {
-            KeyError::WrongRegion { .. } => E::kind(ErrorKind::CardNotSupported, k.to_string()),
-            KeyError::Sequence(_) => E::journal(k),
-            _ => E::kind(ErrorKind::KeyUnavailable, k.to_string()),
-        },
+        DriverError::Key(k) => from_key(k),
         DriverError::App(a) => match a {
             AppError::Transport(t) => from_driver(t),
+            AppError::Key(k) => from_key(k),
             AppError::NotSupported(m) => E::kind(ErrorKind::CardNotSupported, m.clone()),
             AppError::Blocked => E::kind(ErrorKind::CardBlocked, "the application is blocked"),
             AppError::PinWrong { tries_left } => E::kind(
@@ -240,6 +237,17 @@ pub fn from_driver<'a>(e: impl Into<DriverError<'a>>) -> ApiError {
             // malformed records, refused security state, data the card rejects
             _ => E::kind(ErrorKind::CardNotSupported, a.to_string()),
         },
+    }
+}
+
+/// A key provider's failure, whether it came alone or inside an [`AppError::Key`]: a
+/// terminal sequence the journal could not reserve is the journal's, a card of another
+/// city is the card's, anything else is the keys'.
+fn from_key(k: &KeyError) -> ApiError {
+    match k {
+        KeyError::WrongRegion { .. } => ApiError::kind(ErrorKind::CardNotSupported, k.to_string()),
+        KeyError::Sequence(_) => ApiError::journal(k),
+        _ => ApiError::kind(ErrorKind::KeyUnavailable, k.to_string()),
     }
 }
 
@@ -347,5 +355,38 @@ mod tests {
             from_driver(&KeyError::Unavailable("LOAD")).kind,
             Some(ErrorKind::KeyUnavailable)
         );
+    }
+
+    #[test]
+    fn key_errors_keep_their_kind_inside_app_errors() {
+        let full = || KeyError::Sequence("database or disk is full".into());
+        let region = || KeyError::WrongRegion {
+            card: "110100".into(),
+            keys: "650200".into(),
+        };
+        let cases: [(fn() -> KeyError, ErrorKind); 4] = [
+            (full, ErrorKind::JournalUnavailable),
+            (
+                || KeyError::Unavailable("PURCHASE"),
+                ErrorKind::KeyUnavailable,
+            ),
+            (
+                || KeyError::Psam("VERIFY MAC2: 6F00".into()),
+                ErrorKind::KeyUnavailable,
+            ),
+            (region, ErrorKind::CardNotSupported),
+        ];
+        for (make, want) in cases {
+            let alone = from_driver(&make());
+            let wrapped = from_driver(&AppError::Key(make()));
+            assert_eq!(alone.kind, Some(want), "{}", alone.message);
+            assert_eq!(wrapped.kind, Some(want), "{}", wrapped.message);
+            assert_eq!(wrapped.code, want.code());
+        }
+        // the disk-full debit: the journal's kind, and the cause in the message
+        let e = from_driver(&AppError::Key(full()));
+        assert_eq!(e.code, ErrorKind::JournalUnavailable.code());
+        assert!(e.message.contains("disk is full"), "{}", e.message);
+        assert!(!e.message.contains("bad input"), "{}", e.message);
     }
 }

@@ -13,7 +13,7 @@ use sscard_daemon::session::Role;
 use sscard_daemon::{Daemon, Options};
 use sscard_firmware_tests::card::EmulatedCard;
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 #[derive(Parser)]
 #[command(
@@ -36,10 +36,20 @@ struct Args {
     /// Socket path (overrides the configuration).
     #[arg(long)]
     socket: Option<PathBuf>,
-    /// Journal path (overrides the configuration; in --simulate/--dev a temporary one,
-    /// whose backups go beside it rather than to the configured backup.dir).
+    /// Journal path (overrides the configuration). In --simulate/--dev the journal is
+    /// a temporary one unless this is given, and backups never go to the configured
+    /// backup.dir: they go to `backup/` in the temporary directory, or beside this file.
     #[arg(long)]
     journal: Option<PathBuf>,
+}
+
+/// Where a demo mode's backups go: `backup/` beside its journal.
+fn demo_backup_dir(journal: &Path) -> PathBuf {
+    journal
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."))
+        .join("backup")
 }
 
 fn fail(msg: impl std::fmt::Display) -> ! {
@@ -77,12 +87,10 @@ fn main() {
         if config_path.is_none() {
             config.socket = dir.join("sscard.sock");
         }
-        // a temporary journal's backups stay beside it, never in the configured
-        // (production) directory; an explicit --journal keeps the configured one
-        if a.journal.is_none() {
-            config.backup.dir = dir.join("backup");
-        }
-        config.journal = dir.join("journal.db");
+        // backups stay beside the demo's journal, never in the configured
+        // (production) directory
+        config.journal = a.journal.clone().unwrap_or_else(|| dir.join("journal.db"));
+        config.backup.dir = demo_backup_dir(&config.journal);
         config.test_mode = true;
         config.keys = Some(KeysConfig::Test);
         let t = hex::encode(rand::random::<[u8; 16]>());
@@ -152,6 +160,7 @@ fn main() {
                                 c.test_mode = now.test_mode;
                                 c.journal = now.journal.clone();
                                 c.socket = now.socket.clone();
+                                c.backup.dir = now.backup.dir.clone();
                                 if let Some(op) = now.operator("demo") {
                                     c.operators.retain(|o| o.name != "demo");
                                     c.operators.push(op.clone());

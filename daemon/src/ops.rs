@@ -5,7 +5,8 @@
 //! The money rules live here:
 //! - the policy of api.md before a debit: issued (the application answers), card of
 //!   this city, not blacklisted (a presented blacklisted card is blocked on the card
-//!   when the MAINT key is held), not blocked, not expired, genuine (INTERNAL
+//!   when the MAINT key is held), insured status not suspended (api.md 1.1
+//!   `INSURANCE_SUSPENDED`), not blocked, not expired, genuine (INTERNAL
 //!   AUTHENTICATE), within the per-transaction and per-card daily limits;
 //! - a debit is journaled `pending` after INITIALIZE FOR PURCHASE and before DEBIT
 //!   (card profile §6), and its outcome after;
@@ -160,6 +161,21 @@ pub fn pin_or_balance(
     })
 }
 
+/// The insured status (EF15 tag 22, card profile §3) of a suspended insured person.
+const INSURED_SUSPENDED: &str = "02";
+
+/// A suspended insured person loses card settlement (api.md 1.1 `INSURANCE_SUSPENDED`):
+/// decided from the records already read, so nothing more goes to the card.
+fn insurance_active(rec: &CardRecord) -> Result<(), ApiError> {
+    if rec.insured_status == INSURED_SUSPENDED {
+        return Err(ApiError::kind(
+            ErrorKind::InsuranceSuspended,
+            "the holder's insurance is suspended (insured status 02): card settlement is refused",
+        ));
+    }
+    Ok(())
+}
+
 /// The blacklist and the card's own state, before any money moves.
 fn check_card(tx: &mut Transaction<'_>, ctx: &Ctx, rec: &CardRecord) -> Result<(), ApiError> {
     same_city(ctx, rec)?;
@@ -186,6 +202,8 @@ fn check_card(tx: &mut Transaction<'_>, ctx: &Ctx, rec: &CardRecord) -> Result<(
             format!("the card is blacklisted: {reason}{note}"),
         ));
     }
+    // before INTERNAL AUTHENTICATE and the PIN: a suspended card gets no command
+    insurance_active(rec)?;
     if rec.blocked {
         return Err(ApiError::kind(
             ErrorKind::CardBlocked,

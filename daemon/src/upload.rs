@@ -8,10 +8,13 @@
 //! Content-Type: application/json
 //! Authorization: Bearer <token>            (when token_file is set)
 //!
-//! {"terminal_id": "650200000001", "sent": "<RFC 3339>", "payments": [<payment>, …]}
+//! {"terminal_id": "650200000001", "sent": "<RFC 3339>",
+//!  "audit_head": {"seq": 412, "hash": "<64 hex>"}, "payments": [<payment>, …]}
 //! ```
 //!
-//! The payments are the API's payment objects. The centre answers `2xx` with
+//! The payments are the API's payment objects. `audit_head` is the journal's audit
+//! chain head when the batch was read (null in a journal that never audited), so the
+//! centre holds a copy that a local rewrite of the chain cannot change. The centre answers `2xx` with
 //! `{"acknowledged": ["<txn_id>", …]}`; exactly those payments of the batch are marked
 //! `uploaded` in the journal. Any other answer, a timeout or an acknowledgement of none
 //! is a failure: the batch is sent again after a wait that starts at
@@ -21,7 +24,7 @@
 //! per terminal). `settle.day` wakes the uploader at once.
 
 use crate::config::UploadConfig;
-use crate::journal::Payment;
+use crate::journal::{AuditHead, Payment};
 use crate::state::State;
 use serde_json::{json, Value};
 use std::collections::HashSet;
@@ -68,10 +71,16 @@ pub fn backoff(failures: u32, min: Duration, max: Duration) -> Duration {
 }
 
 /// The request body for a batch.
-pub fn batch_body(terminal_id: &str, sent: &str, payments: &[Payment]) -> Value {
+pub fn batch_body(
+    terminal_id: &str,
+    sent: &str,
+    head: Option<&AuditHead>,
+    payments: &[Payment],
+) -> Value {
     json!({
         "terminal_id": terminal_id,
         "sent": sent,
+        "audit_head": head,
         "payments": payments.iter().map(Payment::to_json).collect::<Vec<_>>(),
     })
 }
@@ -102,6 +111,7 @@ pub fn parse_ack(answer: &str, batch: &[Payment]) -> Result<Vec<String>, UploadE
 pub fn send_batch(
     cfg: &UploadConfig,
     terminal_id: &str,
+    head: Option<&AuditHead>,
     batch: &[Payment],
 ) -> Result<Vec<String>, UploadError> {
     let token = match &cfg.token_file {
@@ -122,7 +132,7 @@ pub fn send_batch(
         .redirects(0)
         .build();
     let sent = chrono::Local::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, false);
-    let body = batch_body(terminal_id, &sent, batch).to_string();
+    let body = batch_body(terminal_id, &sent, head, batch).to_string();
     let mut req = agent
         .post(&cfg.endpoint)
         .set("Content-Type", "application/json");
@@ -151,16 +161,16 @@ pub async fn round(st: &Arc<State>, cfg: &UploadConfig) -> Result<usize, UploadE
     let mut total = 0;
     loop {
         let n = cfg.batch_size;
-        let batch = st
+        let (batch, head) = st
             .journal
-            .call(move |j| j.to_upload(n))
+            .call(move |j| Ok((j.to_upload(n)?, j.audit_head()?)))
             .await
             .map_err(|e| UploadError::Journal(e.to_string()))?;
         if batch.is_empty() {
             return Ok(total);
         }
         let (c, t, b) = (cfg.clone(), terminal.clone(), batch.clone());
-        let acked = tokio::task::spawn_blocking(move || send_batch(&c, &t, &b))
+        let acked = tokio::task::spawn_blocking(move || send_batch(&c, &t, head.as_ref(), &b))
             .await
             .map_err(|e| UploadError::Unreachable(format!("upload thread: {e}")))??;
         let ids = acked.clone();
@@ -301,8 +311,22 @@ mod tests {
 
     #[test]
     fn the_body_carries_payment_objects() {
-        let b = batch_body("650200000001", "2026-11-23T10:20:00+08:00", &[p("T-1")]);
+        let head = AuditHead {
+            seq: 412,
+            hash: "ab".repeat(32),
+        };
+        let b = batch_body(
+            "650200000001",
+            "2026-11-23T10:20:00+08:00",
+            Some(&head),
+            &[p("T-1")],
+        );
         assert_eq!(b["terminal_id"], "650200000001");
+        assert_eq!(
+            b["audit_head"],
+            json!({"seq": 412, "hash": "ab".repeat(32)})
+        );
+        assert_eq!(batch_body("t", "s", None, &[])["audit_head"], Value::Null);
         assert_eq!(b["payments"][0]["txn_id"], "T-1");
         assert_eq!(b["payments"][0]["amount_fen"], 100);
         assert_eq!(b["payments"][0]["tac"], "01020304");

@@ -225,3 +225,38 @@ async fn settling_the_day_uploads_now_with_the_terminal_token() {
     assert_eq!(r.body["terminal_id"], "650200000001");
     assert_eq!(r.body["payments"], json!([p]), "the API's payment object");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn each_batch_carries_the_audit_chain_head() {
+    let centre = Centre::start(vec![Answer::AckFirst(1)]);
+    let card = SharedCard::default_card();
+    let d = start(&card, upload(&centre.url, Some(1)), None).await;
+    let mut c = d.login("cashier").await;
+    for i in 0..3 {
+        pay(&mut c, &format!("H-{i}"), 10 + i).await;
+    }
+    drained(&mut c).await;
+    let got = centre.received();
+    assert!(got.len() >= 2, "{} batches", got.len());
+    let db = rusqlite::Connection::open(&d.journal).unwrap();
+    let mut last = 0;
+    for r in &got {
+        let head = &r.body["audit_head"];
+        let seq = head["seq"].as_i64().unwrap_or_else(|| panic!("{head}"));
+        // the centre's copy names an entry of the journal's chain, with its hash
+        let hash: String = db
+            .query_row("SELECT hash FROM audit WHERE seq=?1", [seq], |r| r.get(0))
+            .unwrap();
+        assert_eq!(head["hash"], hash);
+        assert_eq!(hash.len(), 64);
+        assert!(
+            seq > last,
+            "the chain grew between batches: {seq} after {last}"
+        );
+        last = seq;
+    }
+    // the chain and the payments' anchors hold after the uploads marked the rows
+    let v = sscard_daemon::journal::verify(&d.journal).unwrap();
+    assert_eq!(v.findings, []);
+    assert!(v.payments >= 3);
+}

@@ -33,6 +33,7 @@ pub trait VirtualCard: Send {
 }
 
 pub mod card;
+pub mod clearing;
 pub mod conformance;
 pub mod persist;
 pub mod perso;

@@ -11,6 +11,7 @@ use sscard_driver::personalize::{self, IssuerKeys, Mode, PersoRecord};
 use sscard_driver::testkeys::test_master_keys;
 use sscard_driver::transport::{CardTransport, Transaction};
 use sscard_driver::CardId;
+use sscard_firmware_tests::clearing::purchase_tac;
 use sscard_firmware_tests::testbed::Vcard;
 use std::time::{Duration, Instant};
 
@@ -65,22 +66,10 @@ fn read_authenticate_and_pay() {
     assert_eq!(proof.balance_after, before - 1234);
     assert_eq!(app::balance(&mut tx).unwrap(), before - 1234);
     // the TAC verifies with the clearing centre's formula
-    let (date, time) = app::bcd_datetime(when());
-    let ctx = PurchaseContext {
-        card_id: rec.card_id,
-        amount: 1234,
-        counter: proof.counter,
-        random: [0; 4],
-        terminal_id: keys.terminal_id(),
-        terminal_seq: proof.terminal_seq,
-        date,
-        time,
-    };
-    let kc_tac = test_master_keys()
-        .card_keys(&rec.card_id)
-        .get(KeyPurpose::Tac)
-        .clone();
-    assert_eq!(proof.tac, hex::encode_upper(ctx.tac(&kc_tac)));
+    assert_eq!(
+        proof.tac,
+        purchase_tac(rec.card_id, keys.terminal_id(), &proof, when())
+    );
     let log = app::transaction_log(&mut tx).unwrap();
     assert_eq!(
         (log[0].counter, log[0].amount, log[0].kind),
@@ -258,12 +247,13 @@ fn torn_purchase(
         let id = app::read_card(&mut tx).unwrap().card_id;
         app::verify_pin(&mut tx, &pin("123456")).unwrap();
         let p = app::initialize_purchase(&mut tx, &mut keys, &id, 700, when()).unwrap();
+        let counter = p.counter;
         let e = p.debit(&mut tx, &mut keys).unwrap_err();
         assert!(
             matches!(e, AppError::Uncertain { step: "DEBIT", .. }),
             "{e}"
         );
-        (p.counter, id)
+        (counter, id)
     };
     let deadline = Instant::now() + Duration::from_secs(10);
     while card.reset().map(|a| a.is_empty()).unwrap_or(true) {
@@ -377,22 +367,11 @@ fn purchase_through_a_psam() {
     for amount in [300u32, 450] {
         let p = app::initialize_purchase(&mut tx, &mut psam, &id, amount, when()).unwrap();
         let proof = p.debit(&mut tx, &mut psam).unwrap();
-        let (date, time) = app::bcd_datetime(when());
-        let ctx = PurchaseContext {
-            card_id: id,
-            amount,
-            counter: proof.counter,
-            random: [0; 4],
-            terminal_id: psam.terminal_id(),
-            terminal_seq: proof.terminal_seq,
-            date,
-            time,
-        };
-        let kc_tac = test_master_keys()
-            .card_keys(&id)
-            .get(KeyPurpose::Tac)
-            .clone();
-        assert_eq!(proof.tac, hex::encode_upper(ctx.tac(&kc_tac)));
+        assert_eq!(proof.amount, amount);
+        assert_eq!(
+            proof.tac,
+            purchase_tac(id, psam.terminal_id(), &proof, when())
+        );
         seqs.push(proof.terminal_seq);
     }
     assert_eq!(seqs[1], seqs[0] + 1, "the PSAM raises its sequence");
@@ -418,8 +397,9 @@ fn tear_recovery_after_a_later_purchase() {
         app::read_card(&mut tx).unwrap();
         app::verify_pin(&mut tx, &pin("123456")).unwrap();
         let later = app::initialize_purchase(&mut tx, &mut keys, &id, 300, when()).unwrap();
+        let later_counter = later.counter;
         later.debit(&mut tx, &mut keys).unwrap();
-        assert_eq!(later.counter, if commit { counter + 1 } else { counter });
+        assert_eq!(later_counter, if commit { counter + 1 } else { counter });
         let r = app::recover_purchase(&mut tx, counter, 700, &keys.terminal_id()).unwrap();
         let bal = app::balance(&mut tx).unwrap();
         if commit {

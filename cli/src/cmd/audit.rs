@@ -1,9 +1,13 @@
-//! `sscard audit verify --journal PATH`: check the daemon's audit chain; any changed or
-//! deleted entry is reported by sequence number (exit code 4).
+//! `sscard audit verify --journal PATH`: check the daemon's audit chain and the
+//! payments anchored to it (docs/operations.md, "What the audit chain proves"); every
+//! finding is listed, one a line (exit code 4).
 
 use crate::exit::CliError;
 use crate::print::Printer;
 use std::path::PathBuf;
+
+/// Findings listed in full; the rest are counted.
+const SHOWN: usize = 20;
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -13,7 +17,7 @@ pub struct Args {
 
 #[derive(clap::Subcommand)]
 enum Sub {
-    /// Verify the SHA-256 chain of the audit log.
+    /// Verify the SHA-256 chain of the audit log and the payments anchored to it.
     Verify {
         /// The daemon's journal (SQLite).
         #[arg(long)]
@@ -29,12 +33,40 @@ pub fn run(a: Args, out: &Printer) -> Result<(), CliError> {
             format!("{}: no such journal", journal.display()),
         ));
     }
-    match sscard_daemon::journal::verify_chain(&journal) {
-        Ok(n) => {
-            out.record(&[("audit chain", "intact".into()), ("entries", n.to_string())]);
-            Ok(())
+    let v = sscard_daemon::journal::verify(&journal).map_err(|e| CliError::new(5, e))?;
+    if v.findings.is_empty() {
+        let head = v
+            .head
+            .as_ref()
+            .map_or("none".to_string(), |h| format!("{} {}", h.seq, h.hash));
+        let mut fields = vec![
+            ("audit chain", "intact".to_string()),
+            ("entries", v.entries.to_string()),
+            ("head", head),
+        ];
+        if v.schema >= 2 {
+            fields.push(("payments", format!("{} anchored", v.payments)));
+        } else {
+            fields.push((
+                "payments",
+                format!("not checked (schema {}: not anchored)", v.schema),
+            ));
         }
-        Err(sscard_daemon::journal::Tamper::Db(e)) => Err(CliError::new(5, e)),
-        Err(t) => Err(CliError::new(4, format!("audit chain broken: {t}"))),
+        out.record(&fields);
+        return Ok(());
     }
+    let n = v.findings.len();
+    let mut msg = format!(
+        "audit chain broken: {n} finding{} ({} entries, {} payments)",
+        if n == 1 { "" } else { "s" },
+        v.entries,
+        v.payments
+    );
+    for t in v.findings.iter().take(SHOWN) {
+        msg.push_str(&format!("\n  - {t}"));
+    }
+    if n > SHOWN {
+        msg.push_str(&format!("\n  … and {} more", n - SHOWN));
+    }
+    Err(CliError::new(4, msg))
 }

@@ -120,6 +120,8 @@ mod tests {
             .unwrap()
             .unwrap();
         assert_eq!(n, 2);
+        // the pre-call check the dispatcher runs
+        h.call(|j| j.probe_write()).await.unwrap();
         h.close().await;
         assert!(matches!(
             h.call(|j| j.next_seq()).await,

@@ -219,6 +219,31 @@ impl Client {
         serde_json::from_str(&l).unwrap()
     }
 
+    /// Send one line as it is.
+    pub async fn wr_line(&mut self, line: &str) {
+        self.wr.write_all(line.as_bytes()).await.unwrap();
+        self.wr.write_all(b"\n").await.unwrap();
+    }
+
+    /// The next line as the daemon sent it.
+    pub async fn read_line(&mut self) -> String {
+        self.try_read_line()
+            .await
+            .expect("the daemon closed the connection")
+    }
+
+    /// The next line, or `None` when the daemon closed the connection.
+    pub async fn try_read_line(&mut self) -> Option<String> {
+        let mut l = String::new();
+        let n = tokio::time::timeout(Duration::from_secs(30), self.rd.read_line(&mut l))
+            .await
+            .expect("a line within 30 s");
+        match n {
+            Ok(0) | Err(_) => None,
+            Ok(_) => Some(l.trim_end().to_string()),
+        }
+    }
+
     /// Send bytes, return the next response (notifications are kept aside).
     pub async fn raw(&mut self, bytes: &[u8]) -> Value {
         self.wr.write_all(bytes).await.unwrap();

@@ -1,5 +1,6 @@
 //! Errors of the card application, with variants a caller can act on.
 
+use crate::keyprovider::KeyError;
 use crate::status::StatusWord;
 use crate::transport::{CommandError, TransportError};
 
@@ -38,8 +39,13 @@ pub enum AppError {
         #[source]
         source: TransportError,
     },
+    /// The provider does not hold the key of that purpose (checked before any command).
     #[error("key not available: {0}")]
     KeyUnavailable(&'static str),
+    /// The key provider failed, with its own kind kept: a terminal sequence that could
+    /// not be reserved (`KeyError::Sequence`) is a journal problem, not a card's.
+    #[error("keys: {0}")]
+    Key(#[source] KeyError),
     #[error("bad input: {0}")]
     BadInput(String),
     #[error("card answered {0}")]

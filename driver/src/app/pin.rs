@@ -108,7 +108,7 @@ fn protected(
     let ch = challenge(tx)?;
     let mac = keys
         .line_mac(purpose, card_id, &ch, header, data)
-        .map_err(|_| AppError::KeyUnavailable(purpose.name()))?;
+        .map_err(AppError::Key)?;
     let mut body = Zeroizing::new(data.to_vec());
     body.extend_from_slice(&mac);
     let mut c = apdu(header[0], header[1], header[2], header[3], &body, 0)?;
@@ -214,7 +214,7 @@ pub fn internal_authenticate(
     match resp.sw {
         StatusWord::Ok => keys
             .verify_internal_auth(card_id, &r, &resp.data)
-            .map_err(|_| AppError::KeyUnavailable("INT")),
+            .map_err(AppError::Key),
         StatusWord::ConditionsNotSatisfied => Err(AppError::Blocked),
         sw => Err(AppError::Card(sw)),
     }
@@ -229,7 +229,7 @@ pub fn external_authenticate(
     let ch = challenge(tx)?;
     let c = keys
         .external_auth_cryptogram(card_id, &ch)
-        .map_err(|_| AppError::KeyUnavailable("EXT"))?;
+        .map_err(AppError::Key)?;
     match tx
         .transmit(&apdu(0x00, 0x82, 0x00, KeyPurpose::Ext.id(), &c, 0)?)?
         .sw

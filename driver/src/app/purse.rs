@@ -3,7 +3,7 @@
 
 use super::{apdu, AppError};
 use crate::crypto::{LoadContext, TXN_PURCHASE};
-use crate::keyprovider::{KeyProvider, PurchaseInit};
+use crate::keyprovider::{KeyProvider, PurchaseInit, PurchaseSession};
 use crate::keys::KeyPurpose;
 use crate::status::StatusWord;
 use crate::transport::Transaction;
@@ -81,9 +81,11 @@ pub fn transaction_log(tx: &mut Transaction<'_>) -> Result<Vec<LogRecord>, AppEr
     Ok(out)
 }
 
-/// A purchase after INITIALIZE FOR PURCHASE and MAC1, before DEBIT: what the journal
-/// writes before the debit goes to the card.
-#[derive(Clone, Debug, Serialize)]
+/// A purchase after INITIALIZE FOR PURCHASE and MAC1, before DEBIT (card profile §6):
+/// what the journal writes before the debit goes to the card. It carries its own
+/// purchase session, and [`PreparedPurchase::debit`] consumes it: a prepared purchase
+/// is debited at most once. Not `Clone`; `Debug` redacts the session.
+#[derive(Debug, Serialize)]
 pub struct PreparedPurchase {
     #[serde(serialize_with = "ser_id")]
     pub card_id: CardId,
@@ -97,6 +99,8 @@ pub struct PreparedPurchase {
     pub time: [u8; 3],
     #[serde(skip)]
     mac1: [u8; 4],
+    #[serde(skip)]
+    session: PurchaseSession,
 }
 
 fn ser_id<S: serde::Serializer>(id: &CardId, s: S) -> Result<S::Ok, S::Error> {
@@ -157,10 +161,7 @@ pub fn initialize_purchase(
         date,
         time,
     };
-    let (seq, mac1) = keys.purchase_mac1(&init).map_err(|e| match e {
-        crate::keyprovider::KeyError::Unavailable(_) => AppError::KeyUnavailable("PURCHASE"),
-        other => AppError::BadInput(other.to_string()),
-    })?;
+    let (seq, mac1, session) = keys.purchase_mac1(&init).map_err(AppError::Key)?;
     Ok(PreparedPurchase {
         card_id: *card_id,
         amount,
@@ -171,15 +172,28 @@ pub fn initialize_purchase(
         date,
         time,
         mac1,
+        session,
     })
 }
 
 impl PreparedPurchase {
-    /// DEBIT (§6 step 3): the card commits; MAC2 is checked by the provider. A transport
-    /// failure after the command left is [`AppError::Uncertain`]: recover with
-    /// [`recover_purchase`] when the card is back.
+    /// DEBIT (§6 step 3): the card commits; MAC2 is checked by the provider with this
+    /// purchase's own session. A transport failure after the command left is
+    /// [`AppError::Uncertain`]: recover with [`recover_purchase`] when the card is back.
+    ///
+    /// `debit` takes the prepared purchase by value, so it cannot be sent twice:
+    ///
+    /// ```compile_fail
+    /// # use sscard_driver::app::PreparedPurchase;
+    /// # use sscard_driver::keyprovider::KeyProvider;
+    /// # use sscard_driver::transport::Transaction;
+    /// fn twice(p: PreparedPurchase, tx: &mut Transaction<'_>, k: &mut dyn KeyProvider) {
+    ///     let _ = p.debit(tx, k);
+    ///     let _ = p.debit(tx, k); // error[E0382]: use of moved value: `p`
+    /// }
+    /// ```
     pub fn debit(
-        &self,
+        self,
         tx: &mut Transaction<'_>,
         keys: &mut dyn KeyProvider,
     ) -> Result<PurchaseProof, AppError> {
@@ -203,13 +217,14 @@ impl PreparedPurchase {
             StatusWord::MacInvalid => return Err(AppError::MacMismatch("card refused MAC1")),
             sw => return Err(AppError::Card(sw)),
         }
+        let proof = self.proof(hex::encode_upper(&r.data[..4]));
         let ok = keys
-            .verify_purchase_mac2(&r.data[4..8])
-            .map_err(|_| AppError::KeyUnavailable("PURCHASE"))?;
+            .verify_purchase_mac2(self.session, &r.data[4..8])
+            .map_err(AppError::Key)?;
         if !ok {
             return Err(AppError::MacMismatch("MAC2 from the card does not verify"));
         }
-        Ok(self.proof(hex::encode_upper(&r.data[..4])))
+        Ok(proof)
     }
 
     fn proof(&self, tac: String) -> PurchaseProof {
@@ -359,7 +374,7 @@ pub fn load(
     };
     let mac2 = keys
         .load_mac2(&ctx, &d[12..16])
-        .map_err(|_| AppError::KeyUnavailable("LOAD"))?
+        .map_err(AppError::Key)?
         .ok_or(AppError::MacMismatch("card's load MAC1 does not verify"))?;
     let mut data = date.to_vec();
     data.extend_from_slice(&time);

@@ -11,9 +11,10 @@ pub mod psam;
 use crate::crypto::{self, LoadContext, PurchaseContext};
 use crate::keys::{Key16, KeyPurpose};
 use crate::types::{CardId, Region, TerminalId};
+use std::fmt;
 use std::sync::{Arc, Mutex};
 
-/// Key-provider failures.
+/// Key-provider failures. `Display` never shows key material.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum KeyError {
@@ -44,6 +45,70 @@ pub struct PurchaseInit {
     pub time: [u8; 3],
 }
 
+/// One purchase's session between MAC1 and MAC2 (card profile §6 steps 2–3), as
+/// [`KeyProvider::purchase_mac1`] hands it out and
+/// [`KeyProvider::verify_purchase_mac2`] takes it back: each prepared purchase carries
+/// its own, so two purchases in flight cannot check each other's MAC2.
+///
+/// Not `Clone`; the session key is zeroized on drop and `Debug` redacts it.
+pub struct PurchaseSession {
+    terminal_seq: u32,
+    held: Held,
+}
+
+enum Held {
+    /// The terminal holds the session key (software keys).
+    Key { sk: Key16, ctx: PurchaseContext },
+    /// The provider keeps the session itself (a PSAM, §8): only which purchase it is.
+    Provider,
+}
+
+impl PurchaseSession {
+    /// A session whose key travels with it: MAC2 is checked with `sk` over `ctx`.
+    pub fn with_key(ctx: PurchaseContext, sk: Key16) -> Self {
+        PurchaseSession {
+            terminal_seq: ctx.terminal_seq,
+            held: Held::Key { sk, ctx },
+        }
+    }
+
+    /// A session the provider holds itself: the value names the purchase by its
+    /// terminal sequence so the provider can refuse another purchase's MAC2.
+    pub fn in_provider(terminal_seq: u32) -> Self {
+        PurchaseSession {
+            terminal_seq,
+            held: Held::Provider,
+        }
+    }
+
+    /// The terminal sequence number reserved for this purchase.
+    pub fn terminal_seq(&self) -> u32 {
+        self.terminal_seq
+    }
+
+    /// Check the card's MAC2 with the session key (constant time); `None` when the
+    /// provider holds the key.
+    pub fn check_mac2(&self, mac2: &[u8]) -> Option<bool> {
+        match &self.held {
+            Held::Key { sk, ctx } => Some(crypto::ct_eq(&ctx.mac2(sk), mac2)),
+            Held::Provider => None,
+        }
+    }
+}
+
+impl fmt::Debug for PurchaseSession {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let held = match self.held {
+            Held::Key { .. } => "key REDACTED",
+            Held::Provider => "in the provider",
+        };
+        f.debug_struct("PurchaseSession")
+            .field("terminal_seq", &self.terminal_seq)
+            .field("session", &held)
+            .finish()
+    }
+}
+
 /// The terminal's side of the cryptography.
 pub trait KeyProvider: Send {
     /// The terminal id to put in purchases.
@@ -63,11 +128,18 @@ pub trait KeyProvider: Send {
         random: &[u8; 8],
         answer: &[u8],
     ) -> Result<bool, KeyError>;
-    /// Reserve a terminal sequence number and compute MAC1 (§6 step 2); the session
-    /// key stays inside the provider for [`KeyProvider::verify_purchase_mac2`].
-    fn purchase_mac1(&mut self, init: &PurchaseInit) -> Result<(u32, [u8; 4]), KeyError>;
-    /// Check the card's MAC2 of the purchase begun by the last `purchase_mac1`.
-    fn verify_purchase_mac2(&mut self, mac2: &[u8]) -> Result<bool, KeyError>;
+    /// Reserve a terminal sequence number and compute MAC1 (§6 step 2): the sequence,
+    /// MAC1 and the purchase's session, for [`KeyProvider::verify_purchase_mac2`].
+    fn purchase_mac1(
+        &mut self,
+        init: &PurchaseInit,
+    ) -> Result<(u32, [u8; 4], PurchaseSession), KeyError>;
+    /// Check the card's MAC2 (§6 step 3) of the purchase `session` belongs to.
+    fn verify_purchase_mac2(
+        &mut self,
+        session: PurchaseSession,
+        mac2: &[u8],
+    ) -> Result<bool, KeyError>;
     /// Check the card's load MAC1 and compute the terminal's MAC2 (§7).
     fn load_mac2(
         &mut self,
@@ -109,7 +181,6 @@ pub struct SoftwareKeys {
     terminal_id: TerminalId,
     k3: Vec<(KeyPurpose, Key16)>,
     seq: Box<dyn SequenceSource>,
-    session: Option<(Key16, PurchaseContext)>,
 }
 
 impl SoftwareKeys {
@@ -124,7 +195,6 @@ impl SoftwareKeys {
             terminal_id,
             k3,
             seq,
-            session: None,
         }
     }
 
@@ -182,7 +252,10 @@ impl KeyProvider for SoftwareKeys {
         let want = crypto::auth_cryptogram(&self.kc(KeyPurpose::Int, card_id)?, random);
         Ok(crypto::ct_eq(&want, answer))
     }
-    fn purchase_mac1(&mut self, i: &PurchaseInit) -> Result<(u32, [u8; 4]), KeyError> {
+    fn purchase_mac1(
+        &mut self,
+        i: &PurchaseInit,
+    ) -> Result<(u32, [u8; 4], PurchaseSession), KeyError> {
         let kc = self.kc(KeyPurpose::Purchase, &i.card_id)?;
         let seq = self.seq.next()?;
         let ctx = PurchaseContext {
@@ -197,15 +270,16 @@ impl KeyProvider for SoftwareKeys {
         };
         let sk = ctx.session_key(&kc);
         let mac1 = ctx.mac1(&sk);
-        self.session = Some((sk, ctx));
-        Ok((seq, mac1))
+        Ok((seq, mac1, PurchaseSession::with_key(ctx, sk)))
     }
-    fn verify_purchase_mac2(&mut self, mac2: &[u8]) -> Result<bool, KeyError> {
-        let (sk, ctx) = self
-            .session
-            .take()
-            .ok_or(KeyError::Unavailable("purchase session"))?;
-        Ok(crypto::ct_eq(&ctx.mac2(&sk), mac2))
+    fn verify_purchase_mac2(
+        &mut self,
+        session: PurchaseSession,
+        mac2: &[u8],
+    ) -> Result<bool, KeyError> {
+        session
+            .check_mac2(mac2)
+            .ok_or(KeyError::Unavailable("purchase session key"))
     }
     fn load_mac2(
         &mut self,
@@ -232,5 +306,40 @@ impl KeyProvider for SoftwareKeys {
             header,
             data,
         ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ctx(seq: u32) -> PurchaseContext {
+        PurchaseContext {
+            card_id: "650200D1560000050011223344556677".parse().unwrap(),
+            amount: 1234,
+            counter: 7,
+            random: [1, 2, 3, 4],
+            terminal_id: "650200000001".parse().unwrap(),
+            terminal_seq: seq,
+            date: [0x20, 0x26, 0x11, 0x23],
+            time: [0x10, 0x15, 0x00],
+        }
+    }
+
+    #[test]
+    fn a_purchase_session_checks_its_own_mac2_and_hides_its_key() {
+        let kc = Key16::from_bytes([0x11; 16]);
+        let (a, b) = (ctx(1), ctx(2));
+        let (ska, skb) = (a.session_key(&kc), b.session_key(&kc));
+        let (mac2_a, mac2_b) = (a.mac2(&ska), b.mac2(&skb));
+        let s = PurchaseSession::with_key(a, ska.clone());
+        assert_eq!(s.terminal_seq(), 1);
+        assert_eq!(s.check_mac2(&mac2_a), Some(true));
+        assert_eq!(s.check_mac2(&mac2_b), Some(false));
+        let shown = format!("{s:?}");
+        assert!(shown.contains("REDACTED"), "{shown}");
+        assert!(!shown.contains(&hex::encode(ska.expose())), "{shown}");
+        assert!(!shown.to_lowercase().contains("1111"), "{shown}");
+        assert_eq!(PurchaseSession::in_provider(5).check_mac2(&mac2_a), None);
     }
 }

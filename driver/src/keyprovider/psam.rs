@@ -1,7 +1,7 @@
 //! The PSAM key provider (card profile §8): the terminal's keys stay in a PSAM card in
 //! a second reader slot; the host forwards the card's data and cryptograms.
 
-use super::{KeyError, KeyProvider, PurchaseInit};
+use super::{KeyError, KeyProvider, PurchaseInit, PurchaseSession};
 use crate::apdu::CommandApdu;
 use crate::crypto::LoadContext;
 use crate::keys::KeyPurpose;
@@ -16,6 +16,9 @@ pub const PSAM_AID: [u8; 9] = [0xD1, 0x56, 0x00, 0x00, 0x05, b'P', b'S', b'A', b
 pub struct PsamProvider {
     card: Box<dyn CardTransport>,
     terminal_id: TerminalId,
+    /// The terminal sequence of the purchase whose session the PSAM holds (it keeps
+    /// one: the last INIT SAM FOR PURCHASE).
+    open_purchase: Option<u32>,
 }
 
 fn psam_err(what: &str, e: impl std::fmt::Display) -> KeyError {
@@ -47,6 +50,7 @@ impl PsamProvider {
         Ok(PsamProvider {
             card,
             terminal_id: tid,
+            open_purchase: None,
         })
     }
 
@@ -118,7 +122,10 @@ impl KeyProvider for PsamProvider {
             sw => Err(psam_err("VERIFY INT AUTH", sw)),
         }
     }
-    fn purchase_mac1(&mut self, i: &PurchaseInit) -> Result<(u32, [u8; 4]), KeyError> {
+    fn purchase_mac1(
+        &mut self,
+        i: &PurchaseInit,
+    ) -> Result<(u32, [u8; 4], PurchaseSession), KeyError> {
         let mut d = i.random.to_vec();
         d.extend_from_slice(&i.counter.to_be_bytes());
         d.extend_from_slice(&i.amount.to_be_bytes());
@@ -128,15 +135,36 @@ impl KeyProvider for PsamProvider {
         d.push(i.key_version);
         d.push(i.algorithm);
         d.extend_from_slice(i.card_id.as_bytes());
+        // whatever session the PSAM held is replaced from here on
+        self.open_purchase = None;
         match self.run(&cmd(0x70, 0x00, 0x00, &d, 8)?)? {
-            (data, StatusWord::Ok) if data.len() == 8 => Ok((
-                u32::from_be_bytes([data[0], data[1], data[2], data[3]]),
-                [data[4], data[5], data[6], data[7]],
-            )),
+            (data, StatusWord::Ok) if data.len() == 8 => {
+                let seq = u32::from_be_bytes([data[0], data[1], data[2], data[3]]);
+                self.open_purchase = Some(seq);
+                Ok((
+                    seq,
+                    [data[4], data[5], data[6], data[7]],
+                    PurchaseSession::in_provider(seq),
+                ))
+            }
             (_, sw) => Err(psam_err("INIT SAM FOR PURCHASE", sw)),
         }
     }
-    fn verify_purchase_mac2(&mut self, mac2: &[u8]) -> Result<bool, KeyError> {
+    fn verify_purchase_mac2(
+        &mut self,
+        session: PurchaseSession,
+        mac2: &[u8],
+    ) -> Result<bool, KeyError> {
+        // the PSAM checks MAC2 with the one session it holds: refuse to check another
+        // purchase's MAC2 against it
+        if self.open_purchase != Some(session.terminal_seq()) {
+            return Err(KeyError::Psam(format!(
+                "the PSAM no longer holds the session of purchase {}",
+                session.terminal_seq()
+            )));
+        }
+        // VERIFY MAC2 ends the PSAM's session, whatever it answers
+        self.open_purchase = None;
         match self.run(&cmd(0x72, 0x00, 0x00, mac2, 0)?)?.1 {
             StatusWord::Ok => Ok(true),
             StatusWord::MacInvalid => Ok(false),

@@ -78,6 +78,8 @@ pub struct EmulatedCard {
     v: Volatile,
     /// Commands seen with the tear knob's INS.
     tear_seen: u32,
+    /// Commands received, by INS (for tests that check what a terminal sent).
+    by_ins: Box<[u32; 256]>,
 }
 
 type Answer = Result<Vec<u8>, StatusWord>;
@@ -146,6 +148,7 @@ impl EmulatedCard {
             knobs,
             v: Volatile::default(),
             tear_seen: 0,
+            by_ins: Box::new([0; 256]),
         })
     }
 
@@ -203,6 +206,11 @@ impl EmulatedCard {
     /// The knobs in force.
     pub fn knobs(&self) -> &Knobs {
         &self.knobs
+    }
+    /// How many commands the card has received, by INS byte (malformed ones included;
+    /// GET RESPONSE is `C0`). Tests compare two of these to see what a terminal sent.
+    pub fn commands_by_ins(&self) -> [u32; 256] {
+        *self.by_ins
     }
     /// Change the knobs at run time (arming a tear resets its count).
     pub fn set_knobs(&mut self, knobs: Knobs) {
@@ -814,6 +822,10 @@ impl VirtualCard for EmulatedCard {
     }
 
     fn process(&mut self, command: &[u8]) -> Reply {
+        if let Some(&ins) = command.get(1) {
+            let n = &mut self.by_ins[usize::from(ins)];
+            *n = n.saturating_add(1);
+        }
         if self.knobs.mute {
             return Reply::Mute;
         }
