@@ -606,10 +606,14 @@ impl Journal {
 }
 
 /// Parse a blacklist file: `card,reason,until` a line (`until` `YYYY-MM-DD` or empty),
-/// `#` comments and blank lines ignored. Errors name the line. Reasons are cleaned and
+/// `#` comments and blank lines ignored. Errors name the line. Cards follow the API's
+/// rule (`blacklist.add`: letters and digits, a 32-digit card id upper-cased) and
+/// `until` is exactly `YYYY-MM-DD` (it is compared as text). Reasons are cleaned and
 /// bounded ([`crate::text::clean_reason`]) rather than refused, since refusing the
 /// entry would let the card through.
 pub fn parse_blacklist(text: &str) -> Result<Vec<BlacklistEntry>, String> {
+    use serde::de::IntoDeserializer;
+    use serde::Deserialize;
     let mut out = Vec::new();
     for (i, line) in text.lines().enumerate() {
         let line = line.trim();
@@ -623,11 +627,18 @@ pub fn parse_blacklist(text: &str) -> Result<Vec<BlacklistEntry>, String> {
         if card.is_empty() || reason.is_empty() {
             return Err(format!("line {}: card,reason[,until] expected", i + 1));
         }
+        let card = crate::methods::params::BlacklistCard::deserialize(IntoDeserializer::<
+            serde::de::value::Error,
+        >::into_deserializer(
+            card
+        ))
+        .map_err(|e| format!("line {}: card: {e}", i + 1))?
+        .0;
         let until = if until.is_empty() {
             None
         } else {
-            chrono::NaiveDate::parse_from_str(until, "%Y-%m-%d")
-                .map_err(|_| format!("line {}: until {until:?} is not YYYY-MM-DD", i + 1))?;
+            crate::methods::params::strict_date(until)
+                .ok_or_else(|| format!("line {}: until {until:?} is not YYYY-MM-DD", i + 1))?;
             Some(until.to_string())
         };
         let mut reason = crate::text::clean_reason(reason);
@@ -635,7 +646,7 @@ pub fn parse_blacklist(text: &str) -> Result<Vec<BlacklistEntry>, String> {
             reason = "(no readable reason)".into();
         }
         out.push(BlacklistEntry {
-            card: card.to_string(),
+            card,
             reason,
             until,
             source: "file".into(),
@@ -698,6 +709,30 @@ mod tests {
         j.mark_uploaded(&[up[0].txn_id.clone()]).unwrap();
         assert!(j.to_upload(10).unwrap().is_empty());
         assert_eq!(j.day("2026-11-23").unwrap().len(), 3);
+    }
+
+    /// Found by the `blacklist` fuzz target (docs/fuzzing.md): cards with any bytes and
+    /// `until` dates that chrono reads but that compare wrongly as text (`026-03-01`,
+    /// `2026-2-1`) were accepted (and reasons with control characters, cleaned now).
+    #[test]
+    fn blacklist_file_cards_dates_and_reasons_are_checked() {
+        assert!(parse_blacklist("F0.iost,lost\n")
+            .unwrap_err()
+            .starts_with("line 1: card"));
+        assert!(parse_blacklist("\0\0o,lost\n").is_err());
+        for d in ["026-03-01", "2026-2-1", "+10000-01-01", "2026-02-30"] {
+            let e = parse_blacklist(&format!("A1,lost,{d}\n")).unwrap_err();
+            assert!(e.starts_with("line 1: until"), "{d}: {e}");
+        }
+        let file = parse_blacklist(
+            "0123456789abcdef0123456789abcdef,lost\u{1b}[31m  red \u{202e}x,2026-02-01\n",
+        )
+        .unwrap();
+        assert_eq!(file[0].card, "0123456789ABCDEF0123456789ABCDEF");
+        assert_eq!(file[0].reason, "lost [31m red x");
+        assert_eq!(file[0].until.as_deref(), Some("2026-02-01"));
+        let long = parse_blacklist(&format!("A1,{}\n", "x".repeat(60_000))).unwrap();
+        assert_eq!(long[0].reason.chars().count(), crate::text::MAX_REASON);
     }
 
     #[test]

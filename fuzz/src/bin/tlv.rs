@@ -1,0 +1,5 @@
+//! AFL target: [`sscard_fuzz::tlv`].
+
+fn main() {
+    afl::fuzz!(|data: &[u8]| sscard_fuzz::tlv(data));
+}
