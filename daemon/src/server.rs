@@ -46,15 +46,6 @@ pub struct Slots {
 }
 
 impl Slots {
-    /// Slots for a connection outside any server (tests on a pipe): never refused.
-    pub fn unlimited() -> Slots {
-        Slots {
-            unauthenticated: None,
-            logged_in: None,
-            pool: Arc::new(Semaphore::new(Semaphore::MAX_PERMITS)),
-        }
-    }
-
     /// Move to a logged-in slot; false when all are taken.
     fn log_in(&mut self) -> bool {
         if self.logged_in.is_none() {
