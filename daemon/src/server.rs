@@ -302,11 +302,14 @@ async fn handle_line(
         .instrument(tracing::debug_span!("request", method = name))
         .await;
     if r.is_ok() && Method::from_name(name) == Some(Method::SessionLogin) && !slots.log_in() {
+        let who = conn.session.name().unwrap_or_default().to_string();
         conn.session = Default::default();
         conn.close = true;
-        r = Err(ApiError::busy(
-            "every slot for logged-in connections is taken; try again",
-        ));
+        let e = ApiError::busy("every slot for logged-in connections is taken; try again");
+        // the login's own entry said ok: say that it did not stand
+        let text = methods::error_outcome(&e);
+        let _ = st.audit(&who, name, "", "", &text).await;
+        r = Err(e);
     }
     if let Err(e) = &r {
         tracing::debug!(

@@ -534,3 +534,52 @@ fn the_table_marks_every_card_and_money_method_audited() {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_login_with_every_logged_in_slot_taken_is_refused_and_says_so() {
+    let sim = sscard_daemon::readers::sim::SimControl::new();
+    let d = InProc::start_with(
+        sim,
+        |c| {
+            c.max_connections = 2;
+            c.max_unauthenticated = 2;
+        },
+        None,
+    )
+    .await;
+    let mut held = vec![d.login("cashier").await, d.login("super").await];
+    let mut third = d.client().await;
+    let before = entries(&d).await.len();
+    let e = third
+        .call("session.login", json!({"token": "tok-audit"}))
+        .await
+        .unwrap_err();
+    assert_eq!(e["code"], -32000, "{e}");
+    assert!(third.closed_within(Duration::from_secs(5)).await);
+    let added = &entries(&d).await[before..];
+    assert_eq!(
+        added.len(),
+        2,
+        "the login and that it did not stand: {added:?}"
+    );
+    assert!(added[1]["outcome"].as_str().unwrap().starts_with("-32000"));
+    // the logged-in ones go on; one leaving frees a slot
+    assert!(held[0].call("reader.list", json!({})).await.is_ok());
+    held.pop();
+    let mut fourth = d.client().await;
+    let mut ok = false;
+    for _ in 0..50 {
+        if fourth
+            .call("session.login", json!({"token": "tok-audit"}))
+            .await
+            .is_ok()
+        {
+            ok = true;
+            break;
+        }
+        fourth = d.client().await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(ok, "a freed slot is taken by the next login");
+    d.stop().await;
+}
