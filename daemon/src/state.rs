@@ -105,9 +105,13 @@ impl State {
             new.region = old.region;
             new.test_mode = old.test_mode;
         }
-        if new.max_connections != old.max_connections {
-            kept.push("max_connections");
+        if new.max_connections != old.max_connections
+            || new.max_unauthenticated != old.max_unauthenticated
+        {
+            // the listeners' slots are sized at start
+            kept.push("max_connections, max_unauthenticated");
             new.max_connections = old.max_connections;
+            new.max_unauthenticated = old.max_unauthenticated;
         }
         if !kept.is_empty() {
             tracing::warn!("reload: {} changed; restart to apply", kept.join("; "));

@@ -16,11 +16,7 @@ use std::io::{Read, Write};
 use std::time::{Duration, Instant};
 
 async fn entries(d: &InProc) -> Vec<Value> {
-    d.state
-        .journal
-        .call(|j| j.audit_query(None, None, None, 100_000))
-        .await
-        .unwrap()
+    d.audit_log(None).await
 }
 
 /// The operator of `OPERATORS` whose role `m` allows (`allowed`) or refuses.
@@ -581,5 +577,25 @@ async fn a_login_with_every_logged_in_slot_taken_is_refused_and_says_so() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert!(ok, "a freed slot is taken by the next login");
+    d.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn slot_counts_wait_for_a_restart() {
+    let d = InProc::with_card(&SharedCard::default_card()).await;
+    let before = d.state.config();
+    let mut cfg = (*before).clone();
+    cfg.max_unauthenticated = before.max_unauthenticated + 1;
+    cfg.max_connections = before.max_connections + 1;
+    cfg.idle_timeout_ms = 60_000;
+    d.state.reload(cfg).await.unwrap();
+    let now = d.state.config();
+    // the listeners' slots were sized at start: the configuration says what is in force
+    assert_eq!(now.max_unauthenticated, before.max_unauthenticated);
+    assert_eq!(now.max_connections, before.max_connections);
+    assert_eq!(
+        now.idle_timeout_ms, 60_000,
+        "timeouts apply to new connections"
+    );
     d.stop().await;
 }
