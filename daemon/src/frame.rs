@@ -58,8 +58,8 @@ impl<R: AsyncRead + Unpin> LineReader<R> {
             if let Some(pos) = self.buf.iter().position(|b| *b == b'\n') {
                 let mut line: Vec<u8> = self.buf.drain(..=pos).collect();
                 line.pop();
-                // the next line (if its bytes came along) starts now
-                self.started = (!self.buf.is_empty()).then(Instant::now);
+                // the next line's clock starts with its first partial read
+                self.started = None;
                 if self.discarding {
                     self.discarding = false;
                     continue;
@@ -92,12 +92,7 @@ impl<R: AsyncRead + Unpin> LineReader<R> {
             };
             match n {
                 Ok(0) | Err(_) => return Frame::Closed,
-                Ok(n) => {
-                    if self.buf.is_empty() && !self.discarding {
-                        self.started = Some(Instant::now());
-                    }
-                    self.buf.extend_from_slice(&chunk[..n]);
-                }
+                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
             }
         }
     }

@@ -53,6 +53,18 @@ struct PeerState {
     unrecorded: u32,
 }
 
+impl PeerState {
+    /// A peer with no recent failures.
+    fn quiet(now: Instant) -> PeerState {
+        PeerState {
+            failures: 0,
+            last: now,
+            open: false,
+            unrecorded: 0,
+        }
+    }
+}
+
 /// What to do about one failed login.
 #[derive(Debug, PartialEq, Eq)]
 pub struct Failure {
@@ -84,21 +96,13 @@ impl Throttle {
             if m.len() >= MAX_PEERS {
                 m.retain(|_, s| now.duration_since(s.last) < QUIET);
             }
-            let s = m.entry(peer.clone()).or_insert(PeerState {
-                failures: 0,
-                last: now,
-                open: false,
-                unrecorded: 0,
-            });
+            let s = m
+                .entry(peer.clone())
+                .or_insert_with(|| PeerState::quiet(now));
             let mut ended = 0;
             if now.duration_since(s.last) >= QUIET {
                 ended = s.unrecorded;
-                *s = PeerState {
-                    failures: 0,
-                    last: now,
-                    open: false,
-                    unrecorded: 0,
-                };
+                *s = PeerState::quiet(now);
             }
             s.failures = s.failures.saturating_add(1);
             s.last = now;

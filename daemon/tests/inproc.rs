@@ -612,12 +612,7 @@ async fn a_disabled_operator_is_stopped_at_once() {
         .unwrap_err();
     assert_eq!(kind(&e), "OPERATOR_DISABLED");
     // the disabled operator's refused calls are audited under their name
-    let entries = d
-        .state
-        .journal
-        .call(|j| j.audit_query(None, None, Some("cashier"), 1000))
-        .await
-        .unwrap();
+    let entries = d.audit_log(Some("cashier")).await;
     assert!(entries.iter().any(|e| e["method"] == "card.balance"));
     d.stop().await;
 }

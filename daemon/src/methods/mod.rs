@@ -192,11 +192,6 @@ impl Call<'_> {
             .as_ref()
             .ok_or_else(|| ApiError::kind(ErrorKind::Unauthenticated, "call session.login first"))
     }
-
-    /// The context card jobs get.
-    pub fn ctx(&self) -> Ctx {
-        ctx(self.st)
-    }
 }
 
 /// The context card jobs get.
@@ -305,15 +300,8 @@ pub async fn dispatch(
             Err(e) => Err(system::login_failed(st, conn, e).await),
             Ok(v) => {
                 let who = conn.session.name().unwrap_or_default().to_string();
-                if let Err(e) = try_audit(
-                    st,
-                    &who,
-                    m,
-                    &note,
-                    &outcome(&Ok(Value::Null), note.detail.clone()),
-                )
-                .await
-                {
+                let text = note.detail.as_deref().unwrap_or("ok");
+                if let Err(e) = try_audit(st, &who, m, &note, text).await {
                     // a login that cannot be audited does not stand
                     conn.session = Session::default();
                     return Err(e);
@@ -381,7 +369,7 @@ pub async fn on_card<T: Send + 'static>(
     c.note.reader = name.unwrap_or("").to_string();
     let r = c.st.readers.pick(name)?;
     c.note.reader = r.name.clone();
-    let x = c.ctx();
+    let x = ctx(c.st);
     let (card, res) = r
         .run(c.st.reader_wait(), move |t| Ok(f(t, &x)))
         .await

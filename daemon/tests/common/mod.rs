@@ -166,6 +166,16 @@ impl InProc {
         self.dir.take()
     }
 
+    /// The audit log as the journal holds it (of one operator, or all), oldest first.
+    pub async fn audit_log(&self, operator: Option<&str>) -> Vec<Value> {
+        let op = operator.map(str::to_string);
+        self.state
+            .journal
+            .call(move |j| j.audit_query(None, None, op.as_deref(), 100_000))
+            .await
+            .unwrap()
+    }
+
     pub async fn client(&self) -> Client {
         Client::connect(&self.socket).await
     }
