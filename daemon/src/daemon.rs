@@ -123,7 +123,7 @@ impl Daemon {
         ));
         state.import_blacklist(&config).await?;
         let background = vec![
-            tokio::spawn(settle_on_insert(state.clone(), events.subscribe())),
+            tokio::spawn(on_insert(state.clone(), events.subscribe())),
             tokio::spawn(crate::upload::run(state.clone())),
             tokio::spawn(crate::backup::run(state.clone())),
         ];
@@ -182,8 +182,9 @@ impl Daemon {
     }
 }
 
-/// Settle pending payments whenever a card is inserted.
-async fn settle_on_insert(st: Arc<State>, mut events: broadcast::Receiver<Event>) {
+/// Whenever a card is inserted: read it into the reader's presentation cache (in the
+/// background), and settle its pending payments.
+async fn on_insert(st: Arc<State>, mut events: broadcast::Receiver<Event>) {
     loop {
         let reader = match events.recv().await {
             Ok(Event::CardInserted { reader, .. }) => reader,
@@ -191,14 +192,20 @@ async fn settle_on_insert(st: Arc<State>, mut events: broadcast::Receiver<Event>
             Err(broadcast::error::RecvError::Lagged(_)) => continue,
             Err(broadcast::error::RecvError::Closed) => return,
         };
+        let Some(r) = st.readers.get(&reader) else {
+            continue;
+        };
+        // the presentation cache: the card is read now, before anyone asks
+        let c = methods::ctx(&st);
+        r.background(move |card, waiting| ops::prefetch(card, &c, waiting));
         let any = st
             .journal
             .call(|j| j.pending().map(|p| !p.is_empty()))
             .await
             .unwrap_or(false);
-        let Some(r) = st.readers.get(&reader).filter(|_| any) else {
+        if !any {
             continue;
-        };
+        }
         let c = methods::ctx(&st);
         let res = r
             .run(st.reader_wait(), move |t| {

@@ -2,6 +2,14 @@
 //! each, so nothing interleaves with them). Each returns the card number it saw (for
 //! the audit log) with its result.
 //!
+//! Each operation starts from the reader's presentation cache ([`Card::cached`]): with
+//! the card's records known, a payment sends SELECT (its answer says whether the
+//! application is blocked now), INTERNAL AUTHENTICATE against the key diversified from
+//! the cached card id (the same genuine card is there, or `CARD_CHANGED`), VERIFY,
+//! INITIALIZE FOR PURCHASE and DEBIT; with nothing cached it reads only the records
+//! policy and the payment need ([`app::read_policy`]). Settling a pending payment always
+//! reads the card afresh.
+//!
 //! The money rules live here:
 //! - the policy of api.md before a debit: issued (the application answers), card of
 //!   this city, not blacklisted (a presented blacklisted card is blocked on the card
@@ -18,13 +26,14 @@ use crate::error::{from_driver, ApiError, ErrorKind};
 use crate::events::Event;
 use crate::journal::{JournalError, JournalHandle, Payment, PaymentKind, PaymentStatus};
 use crate::keys::KeySource;
+use crate::readers::{Card, Presentation, Waiting};
 use chrono::{DateTime, FixedOffset, Local};
 use serde_json::{json, Value};
-use sscard_driver::app::{self, AppError, CardRecord, Pin, Recovery};
+use sscard_driver::app::{self, AppError, CardRecord, Pin, PolicyRecords, Recovery};
 use sscard_driver::crypto::{TXN_LOAD, TXN_PURCHASE};
 use sscard_driver::keys::KeyPurpose;
 use sscard_driver::transport::{CardTransport, Transaction};
-use sscard_driver::TerminalId;
+use sscard_driver::{CardId, TerminalId};
 use std::sync::Arc;
 use tokio::sync::broadcast;
 
@@ -77,30 +86,108 @@ pub fn card_json(r: &CardRecord, genuine: bool) -> Value {
     v
 }
 
-fn read(tx: &mut Transaction<'_>) -> Result<CardRecord, ApiError> {
-    app::read_card(tx).map_err(|e| from_driver(&e))
+fn drv(e: AppError) -> ApiError {
+    from_driver(&e)
 }
 
-/// One card operation: a transaction, the card's records, then `f`; the card number
-/// comes back with the result (empty when the card could not be read).
+/// How an operation takes the card's identity.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Source {
+    /// From the presentation cache when it holds the card (after a SELECT), else read.
+    Cached,
+    /// Always read in this operation's transaction (settling money after the fact).
+    Fresh,
+}
+
+/// What an operation knows of the card it works on, written back to the cache when its
+/// transaction ends.
+struct Known {
+    p: Presentation,
+    /// Read in this transaction (not taken from the cache).
+    fresh: bool,
+    forget: bool,
+}
+
+impl Known {
+    fn rec(&self) -> &PolicyRecords {
+        &self.p.policy
+    }
+
+    /// The card in the reader is not the presentation this operation started from:
+    /// forget it and refuse (nothing has moved).
+    fn changed(&mut self, why: &str) -> ApiError {
+        self.forget = true;
+        ApiError::kind(
+            ErrorKind::CardChanged,
+            format!("{why}; read the card again before paying"),
+        )
+    }
+}
+
+/// One card operation: a transaction, the card's identity (cached or read, as `src`
+/// says), then `f`; the card number comes back with the result (empty when the card
+/// could not be read), and what was learnt goes back into the cache.
 fn on_card<T>(
-    card: &mut dyn CardTransport,
-    f: impl FnOnce(&mut Transaction<'_>, &CardRecord) -> Result<T, ApiError>,
+    card: &mut Card<'_>,
+    src: Source,
+    f: impl FnOnce(&mut Transaction<'_>, &mut Known) -> Result<T, ApiError>,
 ) -> Seen<T> {
-    let mut tx = match begin(card) {
-        Ok(t) => t,
-        Err(e) => return (String::new(), Err(e)),
+    let cached = card.cached().cloned();
+    let (known, r) = {
+        let mut tx = match begin(card) {
+            Ok(t) => t,
+            Err(e) => return (String::new(), Err(e)),
+        };
+        let known = match (src, cached) {
+            (Source::Cached, Some(mut p)) => match app::select_application(&mut tx) {
+                Ok(sel) => {
+                    p.policy.blocked = sel.blocked;
+                    if sel.blocked {
+                        p.genuine = Some(false);
+                    }
+                    Ok(Known {
+                        p,
+                        fresh: false,
+                        forget: false,
+                    })
+                }
+                Err(e) => Err(drv(e)),
+            },
+            (_, cached) => match app::read_policy(&mut tx) {
+                // the same card as cached: what else is known of it stands
+                Ok(policy) => Ok(Known {
+                    p: match cached {
+                        Some(mut p) if p.policy.card_id == policy.card_id => {
+                            p.policy = policy;
+                            p
+                        }
+                        _ => Presentation::of(policy),
+                    },
+                    fresh: true,
+                    forget: false,
+                }),
+                Err(e) => Err(drv(e)),
+            },
+        };
+        match known {
+            Err(e) => return (String::new(), Err(e)),
+            Ok(mut k) => {
+                let r = f(&mut tx, &mut k);
+                (k, r)
+            }
+        }
     };
-    let rec = match read(&mut tx) {
-        Ok(r) => r,
-        Err(e) => return (String::new(), Err(e)),
-    };
-    let r = f(&mut tx, &rec);
-    (rec.card_number, r)
+    let number = known.rec().card_number.clone();
+    if known.forget {
+        card.forget();
+    } else {
+        card.remember(known.p);
+    }
+    (number, r)
 }
 
-fn same_city(ctx: &Ctx, rec: &CardRecord) -> Result<(), ApiError> {
-    let card = rec.card_id.region();
+fn same_city(ctx: &Ctx, id: &CardId) -> Result<(), ApiError> {
+    let card = id.region();
     if card.city() != ctx.config.region.city() {
         return Err(ApiError::kind(
             ErrorKind::CardNotSupported,
@@ -113,35 +200,113 @@ fn same_city(ctx: &Ctx, rec: &CardRecord) -> Result<(), ApiError> {
     Ok(())
 }
 
-fn genuine(tx: &mut Transaction<'_>, ctx: &Ctx, rec: &CardRecord) -> Result<bool, ApiError> {
+fn internal_auth(tx: &mut Transaction<'_>, ctx: &Ctx, id: &CardId) -> Result<bool, ApiError> {
     ctx.keys
-        .with(&ctx.journal, |k| {
-            app::internal_authenticate(tx, k, &rec.card_id)
-        })
-        .map_err(|e| from_driver(&e))
+        .with(&ctx.journal, |k| app::internal_authenticate(tx, k, id))
+        .map_err(drv)
 }
 
-/// `card.read`: the card object, with `genuine` from INTERNAL AUTHENTICATE (a blocked
-/// card cannot answer it and is reported not genuine).
-pub fn read_card(card: &mut dyn CardTransport, ctx: &Ctx) -> Seen<Value> {
-    on_card(card, |tx, rec| {
-        let g = if rec.blocked || same_city(ctx, rec).is_err() {
-            false
-        } else {
-            genuine(tx, ctx, rec)?
-        };
-        Ok(card_json(rec, g))
-    })
+/// INTERNAL AUTHENTICATE with the key diversified from the card id `k` holds. A card
+/// read in this transaction that fails is not genuine. A cached presentation that
+/// proved genuine and fails now is not the card in the reader any more (`CARD_CHANGED`:
+/// forgotten, nothing moved); one never proved genuine is read again to tell a changed
+/// card from a false one.
+fn authenticate(tx: &mut Transaction<'_>, ctx: &Ctx, k: &mut Known) -> Result<(), ApiError> {
+    let id = k.rec().card_id;
+    if internal_auth(tx, ctx, &id)? {
+        k.p.genuine = Some(true);
+        return Ok(());
+    }
+    if !k.fresh {
+        if k.p.genuine == Some(true) {
+            return Err(k.changed("the card in the reader does not answer as the card read before"));
+        }
+        reread(tx, k)?;
+    }
+    k.p.genuine = Some(false);
+    Err(ApiError::kind(
+        ErrorKind::NotGenuine,
+        "internal authentication failed: the card does not hold this city's keys",
+    ))
+}
+
+/// Whether a card's INTERNAL AUTHENTICATE proves it genuine (a blocked card, or one of
+/// another city, cannot and is reported not genuine).
+fn genuine_of(tx: &mut Transaction<'_>, ctx: &Ctx, rec: &PolicyRecords) -> Result<bool, ApiError> {
+    if rec.blocked || same_city(ctx, &rec.card_id).is_err() {
+        return Ok(false);
+    }
+    internal_auth(tx, ctx, &rec.card_id)
+}
+
+/// `card.read`: the card object, with `genuine` from INTERNAL AUTHENTICATE. Answered
+/// from the presentation cache when it holds the whole card (no command to the card),
+/// else read whole in one transaction and remembered.
+pub fn read_card(card: &mut Card<'_>, ctx: &Ctx) -> Seen<Value> {
+    if let Some(p) = card.cached() {
+        if let (Some(r), Some(g)) = (&p.record, p.genuine) {
+            return (r.card_number.clone(), Ok(card_json(r, g)));
+        }
+    }
+    let read = (|| {
+        let mut tx = begin(card)?;
+        let rec = app::read_card(&mut tx).map_err(drv)?;
+        let g = genuine_of(&mut tx, ctx, &rec.policy())?;
+        Ok::<_, ApiError>((rec, g))
+    })();
+    match read {
+        Ok((rec, g)) => {
+            let v = card_json(&rec, g);
+            let number = rec.card_number.clone();
+            let mut p = Presentation::whole(rec);
+            p.genuine = Some(g);
+            card.remember(p);
+            (number, Ok(v))
+        }
+        Err(e) => (String::new(), Err(e)),
+    }
+}
+
+/// The read at insertion, in the background (one transaction): the policy records, then
+/// INTERNAL AUTHENTICATE, then the rest, each step remembered, stopping at the next step
+/// as soon as a caller's job waits for the reader (a payment then needs only its five
+/// commands, or the few records still missing).
+pub fn prefetch(card: &mut Card<'_>, ctx: &Ctx, waiting: &Waiting) {
+    if card
+        .cached()
+        .is_some_and(|p| p.record.is_some() && p.genuine.is_some())
+    {
+        return;
+    }
+    let mut known: Option<Presentation> = None;
+    {
+        let Ok(mut tx) = begin(card) else { return };
+        let steps = (|| -> Result<(), ApiError> {
+            let policy = app::read_policy(&mut tx).map_err(drv)?;
+            let p = known.insert(Presentation::of(policy));
+            if waiting.any() {
+                return Ok(());
+            }
+            p.genuine = Some(genuine_of(&mut tx, ctx, &p.policy)?);
+            if waiting.any() {
+                return Ok(());
+            }
+            p.record = Some(app::read_rest(&mut tx, &p.policy).map_err(drv)?);
+            Ok(())
+        })();
+        if let Err(e) = steps {
+            tracing::debug!("reading the card at insertion: {}", e.message);
+        }
+    }
+    if let Some(p) = known {
+        card.remember(p);
+    }
 }
 
 /// `card.verify_pin`, `card.change_pin` (`new` given) and `card.balance` (`pin` None).
-pub fn pin_or_balance(
-    card: &mut dyn CardTransport,
-    pin: Option<&Pin>,
-    new: Option<&Pin>,
-) -> Seen<Value> {
-    on_card(card, |tx, rec| {
-        if rec.blocked {
+pub fn pin_or_balance(card: &mut Card<'_>, pin: Option<&Pin>, new: Option<&Pin>) -> Seen<Value> {
+    on_card(card, Source::Cached, |tx, k| {
+        if k.rec().blocked {
             return Err(ApiError::kind(
                 ErrorKind::CardBlocked,
                 "the application is blocked",
@@ -150,13 +315,13 @@ pub fn pin_or_balance(
         match (pin, new) {
             (Some(p), Some(n)) => app::change_pin(tx, p, n)
                 .map(|_| json!({"changed": true}))
-                .map_err(|e| from_driver(&e)),
+                .map_err(drv),
             (Some(p), None) => app::verify_pin(tx, p)
                 .map(|_| json!({"verified": true}))
-                .map_err(|e| from_driver(&e)),
+                .map_err(drv),
             _ => app::balance(tx)
                 .map(|b| json!({"balance_fen": b}))
-                .map_err(|e| from_driver(&e)),
+                .map_err(drv),
         }
     })
 }
@@ -166,7 +331,7 @@ const INSURED_SUSPENDED: &str = "02";
 
 /// A suspended insured person loses card settlement (api.md 1.1 `INSURANCE_SUSPENDED`):
 /// decided from the records already read, so nothing more goes to the card.
-fn insurance_active(rec: &CardRecord) -> Result<(), ApiError> {
+fn insurance_active(rec: &PolicyRecords) -> Result<(), ApiError> {
     if rec.insured_status == INSURED_SUSPENDED {
         return Err(ApiError::kind(
             ErrorKind::InsuranceSuspended,
@@ -176,9 +341,12 @@ fn insurance_active(rec: &CardRecord) -> Result<(), ApiError> {
     Ok(())
 }
 
-/// The blacklist and the card's own state, before any money moves.
-fn check_card(tx: &mut Transaction<'_>, ctx: &Ctx, rec: &CardRecord) -> Result<(), ApiError> {
-    same_city(ctx, rec)?;
+/// The blacklist and the card's own state, judged now from the records `k` holds and
+/// the journal, then INTERNAL AUTHENTICATE: before any PIN or money.
+fn check_card(tx: &mut Transaction<'_>, ctx: &Ctx, k: &mut Known) -> Result<(), ApiError> {
+    let rec = k.rec().clone();
+    let rec = &rec;
+    same_city(ctx, &rec.card_id)?;
     let today = Local::now().date_naive().to_string();
     let (num, id, day) = (rec.card_number.clone(), rec.card_id.to_hex(), today.clone());
     let listed = ctx
@@ -216,16 +384,10 @@ fn check_card(tx: &mut Transaction<'_>, ctx: &Ctx, rec: &CardRecord) -> Result<(
             format!("the card expired on {}", rec.expiry_date),
         ));
     }
-    if !genuine(tx, ctx, rec)? {
-        return Err(ApiError::kind(
-            ErrorKind::NotGenuine,
-            "internal authentication failed: the card does not hold this city's keys",
-        ));
-    }
-    Ok(())
+    authenticate(tx, ctx, k)
 }
 
-fn limits(ctx: &Ctx, rec: &CardRecord, amount: u32) -> Result<(), ApiError> {
+fn limits(ctx: &Ctx, rec: &PolicyRecords, amount: u32) -> Result<(), ApiError> {
     let l = &ctx.config.limits;
     if u64::from(amount) > l.per_transaction_fen {
         return Err(ApiError::kind(
@@ -351,12 +513,12 @@ fn recover(tx: &mut Transaction<'_>, p: &Payment) -> Result<Option<Payment>, App
 /// Settle the card's pending payments (all of them, or only `only`'s order and kind).
 /// Returns the payments settled.
 pub fn settle_pending(
-    card: &mut dyn CardTransport,
+    card: &mut Card<'_>,
     ctx: &Ctx,
     only: Option<(&str, PaymentKind)>,
 ) -> Seen<Vec<Payment>> {
-    on_card(card, |tx, rec| {
-        let id = rec.card_id.to_hex();
+    on_card(card, Source::Fresh, |tx, k| {
+        let id = k.rec().card_id.to_hex();
         let pending = ctx.journal.call_blocking(|j| j.pending()).map_err(jerr)?;
         let mut done = Vec::new();
         for p in pending.iter().filter(|p| p.card_id == id) {
@@ -383,6 +545,8 @@ pub fn settle_pending(
 /// What `pay.debit` was asked.
 pub struct DebitRequest {
     pub order_id: String,
+    /// The card the POS showed the holder (api.md 1.1 `card_id`).
+    pub card_id: Option<CardId>,
     pub amount: u32,
     pub pin: Pin,
     pub operator: String,
@@ -393,7 +557,7 @@ pub struct DebitRequest {
 fn repeat(
     tx: &mut Transaction<'_>,
     ctx: &Ctx,
-    rec: &CardRecord,
+    rec: &PolicyRecords,
     p: Payment,
 ) -> Result<Payment, ApiError> {
     if p.card_id != rec.card_id.to_hex() {
@@ -416,16 +580,45 @@ fn repeat(
 
 /// `pay.debit` on the card: policy, PIN, INITIALIZE FOR PURCHASE, the journal's
 /// pending row, DEBIT, the outcome (card profile §6).
-pub fn debit(card: &mut dyn CardTransport, ctx: &Ctx, req: DebitRequest) -> Seen<Payment> {
-    on_card(card, |tx, rec| debit_card(tx, ctx, rec, req))
+pub fn debit(card: &mut Card<'_>, ctx: &Ctx, req: DebitRequest) -> Seen<Payment> {
+    on_card(card, Source::Cached, |tx, k| debit_card(tx, ctx, k, req))
+}
+
+/// The card the POS names (`card_id`) is the one in the reader, or `CARD_CHANGED`.
+fn as_shown(k: &mut Known, shown: Option<&CardId>) -> Result<(), ApiError> {
+    match shown {
+        Some(id) if *id != k.rec().card_id => Err(k.changed(&format!(
+            "the card in the reader ({}) is not the card {} the call names",
+            k.rec().card_number,
+            id.to_hex()
+        ))),
+        _ => Ok(()),
+    }
+}
+
+/// A repeated order is settled from the card itself: its identity read afresh in this
+/// transaction (a cached presentation that is not the card in the reader any more is
+/// `CARD_CHANGED`).
+fn reread(tx: &mut Transaction<'_>, k: &mut Known) -> Result<(), ApiError> {
+    if k.fresh {
+        return Ok(());
+    }
+    let now = app::read_policy(tx).map_err(drv)?;
+    if now.card_id != k.rec().card_id {
+        return Err(k.changed("another card is in the reader"));
+    }
+    k.p.policy = now;
+    k.fresh = true;
+    Ok(())
 }
 
 fn debit_card(
     tx: &mut Transaction<'_>,
     ctx: &Ctx,
-    rec: &CardRecord,
+    k: &mut Known,
     req: DebitRequest,
 ) -> Result<Payment, ApiError> {
+    as_shown(k, req.card_id.as_ref())?;
     let order = req.order_id.clone();
     // a repeat that raced with the first (two readers, or two clients)
     if let Some(p) = ctx
@@ -436,9 +629,12 @@ fn debit_card(
         if p.amount_fen != i64::from(req.amount) {
             return Err(duplicate(&p));
         }
-        return repeat(tx, ctx, rec, p);
+        reread(tx, k)?;
+        return repeat(tx, ctx, k.rec(), p);
     }
-    check_card(tx, ctx, rec)?;
+    check_card(tx, ctx, k)?;
+    let rec = k.rec().clone();
+    let rec = &rec;
     limits(ctx, rec, req.amount)?;
     app::verify_pin(tx, &req.pin).map_err(|e| from_driver(&e))?;
     let when = now();
@@ -530,14 +726,24 @@ fn duplicate(p: &Payment) -> ApiError {
 
 /// `pay.debit` for an order the journal has: the recorded payment (settled if it was
 /// pending) when the card in the reader is the order's.
-pub fn debit_again(card: &mut dyn CardTransport, ctx: &Ctx, p: Payment) -> Seen<Payment> {
-    on_card(card, |tx, rec| repeat(tx, ctx, rec, p))
+pub fn debit_again(
+    card: &mut Card<'_>,
+    ctx: &Ctx,
+    p: Payment,
+    shown: Option<CardId>,
+) -> Seen<Payment> {
+    on_card(card, Source::Fresh, |tx, k| {
+        as_shown(k, shown.as_ref())?;
+        repeat(tx, ctx, k.rec(), p)
+    })
 }
 
 /// What `pay.refund` was asked.
 pub struct RefundRequest {
     /// The completed debit being refunded.
     pub original: Payment,
+    /// The card the POS showed the holder (api.md 1.1 `card_id`).
+    pub card_id: Option<CardId>,
     pub amount: u32,
     pub pin: Pin,
     pub operator: String,
@@ -545,18 +751,25 @@ pub struct RefundRequest {
 
 /// `pay.refund` on the card: the original order's card, checks, PIN, the journal's
 /// pending row, purse load (card profile §7), the outcome.
-pub fn refund(card: &mut dyn CardTransport, ctx: &Ctx, req: RefundRequest) -> Seen<Payment> {
-    on_card(card, |tx, rec| refund_card(tx, ctx, rec, req))
+pub fn refund(card: &mut Card<'_>, ctx: &Ctx, req: RefundRequest) -> Seen<Payment> {
+    on_card(card, Source::Cached, |tx, k| refund_card(tx, ctx, k, req))
 }
 
 fn refund_card(
     tx: &mut Transaction<'_>,
     ctx: &Ctx,
-    rec: &CardRecord,
+    k: &mut Known,
     req: RefundRequest,
 ) -> Result<Payment, ApiError> {
+    as_shown(k, req.card_id.as_ref())?;
+    let rec = k.rec().clone();
+    let rec = &rec;
     let o = &req.original;
     if o.card_id != rec.card_id.to_hex() {
+        // a cached presentation is checked against the card before it is believed
+        reread(tx, k)?;
+    }
+    if o.card_id != k.rec().card_id.to_hex() {
         return Err(ApiError::kind(
             ErrorKind::NoCard,
             format!(
@@ -574,21 +787,17 @@ fn refund_card(
         if p.amount_fen != i64::from(req.amount) {
             return Err(duplicate(&p));
         }
-        return repeat(tx, ctx, rec, p);
+        reread(tx, k)?;
+        return repeat(tx, ctx, k.rec(), p);
     }
-    same_city(ctx, rec)?;
+    same_city(ctx, &rec.card_id)?;
     if rec.blocked {
         return Err(ApiError::kind(
             ErrorKind::CardBlocked,
             "the application is blocked",
         ));
     }
-    if !genuine(tx, ctx, rec)? {
-        return Err(ApiError::kind(
-            ErrorKind::NotGenuine,
-            "internal authentication failed: the card does not hold this city's keys",
-        ));
-    }
+    authenticate(tx, ctx, k)?;
     app::verify_pin(tx, &req.pin).map_err(|e| from_driver(&e))?;
     let before = app::balance(tx).map_err(|e| from_driver(&e))?;
     let seq = ctx.journal.call_blocking(|j| j.next_seq()).map_err(jerr)?;

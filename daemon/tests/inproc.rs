@@ -233,36 +233,47 @@ async fn a_busy_reader_answers_reader_busy_after_the_wait_limit() {
     let sim = SimControl::new();
     sim.add_reader_with_card("r0", card.boxed());
     let d = InProc::start_with(sim, |c| c.reader_wait_ms = 200, None).await;
+    let mut c = d.login("cashier").await;
+    // the reader is idle once the card is read (the read at insertion is done)
+    c.call("card.read", json!({})).await.unwrap();
     card.knobs(Knobs {
-        delay_ms: 60,
+        delay_ms: 150,
         ..Knobs::default()
     });
     let mut slow = d.login("cashier").await;
-    let first = tokio::spawn(async move { slow.call("card.read", json!({})).await });
-    // the first read takes over a second; let it start
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let mut c = d.login("cashier").await;
+    // five commands at 150 ms each (card.read would answer from the presentation cache)
+    let first = tokio::spawn(async move {
+        slow.call(
+            "pay.debit",
+            json!({"order_id": "BUSY-1", "amount_fen": 1, "pin": "123456"}),
+        )
+        .await
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
     let e = c.call("card.balance", json!({})).await.unwrap_err();
     assert_eq!((e["code"].as_i64(), kind(&e)), (Some(1004), "READER_BUSY"));
-    let card_obj = first.await.unwrap().unwrap();
-    assert_eq!(card_obj["card_number"], "A65020001");
+    let p = first.await.unwrap().unwrap();
+    assert_eq!(p["status"], "completed", "{p}");
     d.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_card_pulled_mid_read_is_card_removed() {
+async fn a_card_pulled_mid_command_is_card_removed() {
     let card = SharedCard::default_card();
     let d = InProc::with_card(&card).await;
     card.knobs(Knobs {
         tear: Some(Tear {
-            ins: 0xB2,
-            nth: 3,
+            ins: 0x20,
+            nth: 1,
             commit: false,
         }),
         ..Knobs::default()
     });
     let mut c = d.login("cashier").await;
-    let e = c.call("card.read", json!({})).await.unwrap_err();
+    let e = c
+        .call("card.verify_pin", json!({"pin": "123456"}))
+        .await
+        .unwrap_err();
     assert_eq!((e["code"].as_i64(), kind(&e)), (Some(1003), "CARD_REMOVED"));
     d.stop().await;
 }

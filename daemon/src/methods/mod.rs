@@ -26,13 +26,13 @@ use crate::config::Operator;
 use crate::error::{ApiError, ErrorKind};
 use crate::events::Event;
 use crate::ops::{Ctx, Seen};
+use crate::readers::Card;
 use crate::session::{Role, Session};
 use crate::state::State;
 use crate::throttle::Peer;
 use params::*;
 use serde_json::value::RawValue;
 use serde_json::Value;
-use sscard_driver::transport::CardTransport;
 use std::sync::Arc;
 use tokio::sync::broadcast;
 
@@ -362,7 +362,7 @@ async fn audit_entry(st: &State, who: &str, m: Method, note: &Note, outcome: &st
 pub async fn on_card<T: Send + 'static>(
     c: &mut Call<'_>,
     reader: Option<&ReaderName>,
-    f: impl FnOnce(&mut dyn CardTransport, &Ctx) -> Seen<T> + Send + 'static,
+    f: impl FnOnce(&mut Card<'_>, &Ctx) -> Seen<T> + Send + 'static,
     ok: impl FnOnce(&T) -> String,
 ) -> Result<T, ApiError> {
     let name = reader.map(|r| r.0.as_str());

@@ -15,6 +15,7 @@ use serde::{Deserialize, Deserializer};
 use serde_json::value::RawValue;
 use serde_json::Value;
 use sscard_driver::app::Pin;
+use sscard_driver::CardId;
 
 /// Read `params` (absent, `null` or an object) as `P`.
 pub fn parse<P: DeserializeOwned>(raw: Option<&RawValue>) -> Result<P, ApiError> {
@@ -222,6 +223,23 @@ impl<'de> Deserialize<'de> for Kind {
     }
 }
 
+/// A card identification code (32 hex digits, card profile §2): the card the POS
+/// showed the holder (api.md 1.1 `card_id`).
+#[derive(Debug, Clone, Copy)]
+pub struct CardIdParam(pub CardId);
+
+impl<'de> Deserialize<'de> for CardIdParam {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = string(d, "a card id (32 hex digits)")?;
+        if s.len() != 32 || !s.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(D::Error::custom("a card id (32 hex digits)"));
+        }
+        s.parse()
+            .map(CardIdParam)
+            .map_err(|_| D::Error::custom("not a card identification code (card profile §2)"))
+    }
+}
+
 /// A blacklist entry's card: a card number (letters and digits, at most 32) or a card
 /// id (32 hex digits, kept upper-case).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -308,6 +326,8 @@ pub struct DebitParams {
     pub pin: PinParam,
     #[serde(default)]
     pub reader: Option<ReaderName>,
+    #[serde(default)]
+    pub card_id: Option<CardIdParam>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -327,6 +347,8 @@ pub struct RefundParams {
     pub pin: PinParam,
     #[serde(default)]
     pub reader: Option<ReaderName>,
+    #[serde(default)]
+    pub card_id: Option<CardIdParam>,
 }
 
 #[derive(Debug, Deserialize)]

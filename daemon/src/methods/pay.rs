@@ -73,6 +73,7 @@ pub async fn debit(c: &mut Call<'_>, p: DebitParams) -> Result<Value, ApiError> 
     let op = c.operator()?.clone();
     let (order, amount) = (p.order_id.0, p.amount_fen.0);
     let reader = p.reader;
+    let shown = p.card_id.map(|c| c.0);
     if let Some(e) = recorded(c.st, &order, PaymentKind::Debit).await? {
         c.note.card = e.card_number.clone();
         if e.amount_fen != i64::from(amount) {
@@ -100,7 +101,7 @@ pub async fn debit(c: &mut Call<'_>, p: DebitParams) -> Result<Value, ApiError> 
         let p = on_card(
             c,
             reader.as_ref(),
-            move |t, x| ops::debit_again(t, x, again),
+            move |t, x| ops::debit_again(t, x, again, shown),
             |p| format!("repeat: {}", summary(p)),
         )
         .await?;
@@ -111,6 +112,7 @@ pub async fn debit(c: &mut Call<'_>, p: DebitParams) -> Result<Value, ApiError> 
     }
     let req = DebitRequest {
         order_id: order,
+        card_id: shown,
         amount,
         pin: p.pin.0,
         operator: op.name.clone(),
@@ -180,6 +182,7 @@ pub async fn refund(c: &mut Call<'_>, p: RefundParams) -> Result<Value, ApiError
     }
     let req = RefundRequest {
         original,
+        card_id: p.card_id.map(|c| c.0),
         amount,
         pin: p.pin.0,
         operator: op.name.clone(),

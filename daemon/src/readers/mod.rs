@@ -9,20 +9,27 @@
 //! end, whatever happens to the caller (a client that disconnects mid-debit does not cut
 //! the debit short).
 //!
+//! Each reader task keeps the presentation cache of its card ([`presentation`]): when a
+//! card is inserted a background job reads it (policy records first, then INTERNAL
+//! AUTHENTICATE, then the rest) and gives way, between those steps, to any job that is
+//! waiting.
+//!
 //! Readers come and go at run time: a [`ReaderSource`] (PC/SC or simulated) runs on its
 //! own thread and reports them; [`Readers`] keeps the list, the card presence and
 //! broadcasts [`Event`]s.
 
 pub mod pcsc;
+pub mod presentation;
 pub mod sim;
 pub mod source;
 
 use crate::error::{from_driver, ApiError, ErrorKind};
 use crate::events::Event;
+pub use presentation::{Card, Presentation};
 use source::{Connector, LivePresence, ReaderSource, SourceEvent};
 use sscard_driver::transport::{CardTransport, TransportError};
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 use tokio::sync::{broadcast, mpsc, oneshot};
@@ -31,11 +38,33 @@ const WAITING: u8 = 0;
 const STARTED: u8 = 1;
 const CANCELLED: u8 = 2;
 
-type JobFn = Box<dyn FnOnce(Result<&mut dyn CardTransport, TransportError>) + Send>;
+type JobFn = Box<dyn FnOnce(Result<&mut Card<'_>, TransportError>) + Send>;
 
 struct Job {
     state: Arc<AtomicU8>,
     run: JobFn,
+    /// A background job (the read at insertion): it does not count as waiting work.
+    background: bool,
+}
+
+/// What a reader's handles and its task share.
+struct Shared {
+    /// Card insertions and removals the source reported (a move means a new
+    /// presentation).
+    changes: AtomicU64,
+    /// Jobs of callers queued and not yet started.
+    waiting: AtomicUsize,
+}
+
+/// Given to a background job: whether a caller's job is waiting for the reader, so
+/// that the background work should stop at its next step.
+#[derive(Clone)]
+pub struct Waiting(Arc<Shared>);
+
+impl Waiting {
+    pub fn any(&self) -> bool {
+        self.0.waiting.load(Ordering::SeqCst) > 0
+    }
 }
 
 /// A reader as the rest of the daemon sees it (cheap to clone).
@@ -46,6 +75,7 @@ pub struct ReaderHandle {
     jobs: mpsc::UnboundedSender<Job>,
     tracked: Arc<Mutex<(bool, Vec<u8>)>>,
     live: Option<LivePresence>,
+    shared: Arc<Shared>,
 }
 
 impl std::fmt::Debug for ReaderHandle {
@@ -72,7 +102,7 @@ impl ReaderHandle {
     pub async fn run<R: Send + 'static>(
         &self,
         wait: Duration,
-        f: impl FnOnce(&mut dyn CardTransport) -> Result<R, ApiError> + Send + 'static,
+        f: impl FnOnce(&mut Card<'_>) -> Result<R, ApiError> + Send + 'static,
     ) -> Result<R, ApiError> {
         let (otx, mut orx) = oneshot::channel();
         let state = Arc::new(AtomicU8::new(WAITING));
@@ -85,9 +115,14 @@ impl ReaderHandle {
                 };
                 let _ = otx.send(r);
             }),
+            background: false,
         };
         let gone = || ApiError::kind(ErrorKind::NoReader, "the reader went away");
-        self.jobs.send(job).map_err(|_| gone())?;
+        self.shared.waiting.fetch_add(1, Ordering::SeqCst);
+        if self.jobs.send(job).is_err() {
+            self.shared.waiting.fetch_sub(1, Ordering::SeqCst);
+            return Err(gone());
+        }
         tokio::select! {
             r = &mut orx => return r.unwrap_or_else(|_| Err(gone())),
             _ = tokio::time::sleep(wait) => {}
@@ -96,6 +131,7 @@ impl ReaderHandle {
             .compare_exchange(WAITING, CANCELLED, Ordering::SeqCst, Ordering::SeqCst)
             .is_ok()
         {
+            self.shared.waiting.fetch_sub(1, Ordering::SeqCst);
             return Err(ApiError::kind(
                 ErrorKind::ReaderBusy,
                 format!(
@@ -107,32 +143,93 @@ impl ReaderHandle {
         }
         orx.await.unwrap_or_else(|_| Err(gone()))
     }
+
+    /// Queue background work on this reader's card (the read at insertion): it runs
+    /// after the jobs queued before it, nobody waits for it, and `f` is told through
+    /// [`Waiting`] when a caller's job is queued behind it.
+    pub fn background(&self, f: impl FnOnce(&mut Card<'_>, &Waiting) + Send + 'static) {
+        let waiting = Waiting(self.shared.clone());
+        let job = Job {
+            state: Arc::new(AtomicU8::new(WAITING)),
+            run: Box::new(move |card| {
+                if let Ok(c) = card {
+                    f(c, &waiting)
+                }
+            }),
+            background: true,
+        };
+        let _ = self.jobs.send(job);
+    }
 }
 
-/// The transport of one reader, (re)connected as needed.
+/// The transport of one reader, (re)connected as needed, and its presentation cache.
 struct Slot {
     connector: Box<dyn Connector>,
     transport: Option<Box<dyn CardTransport>>,
+    cache: Option<Presentation>,
+    /// [`Shared::changes`] when the cache was last known good.
+    changes_seen: u64,
+    shared: Arc<Shared>,
 }
 
 impl Slot {
-    /// The connected card: the current connection if its card is still there, else a
-    /// reset (a new card in a PC/SC-like reader), else a new connection.
-    fn ensure(&mut self) -> Result<&mut dyn CardTransport, TransportError> {
-        let healthy = match self.transport.as_mut() {
+    /// The connected card: the current connection if its card is still there (the same
+    /// presentation: the cache stands), else the card taken up again after it was
+    /// removed or reset (`SCARD_W_REMOVED_CARD` / `SCARD_W_RESET_CARD`), else a new
+    /// connection; in both of those the cache is dropped, as it is when the source
+    /// reported the card inserted or removed since the last job.
+    fn ensure(&mut self) -> Result<(), TransportError> {
+        let changes = self.shared.changes.load(Ordering::SeqCst);
+        if changes != self.changes_seen {
+            self.cache = None;
+            self.changes_seen = changes;
+        }
+        let same = match self.transport.as_mut() {
             Some(t) => match t.status() {
                 Ok(s) if s.present => true,
-                _ => t.reset().is_ok(),
+                Ok(_) => false,
+                Err(_) => {
+                    self.cache = None;
+                    t.reattach().is_ok()
+                }
             },
             None => false,
         };
-        if !healthy {
+        if !same {
+            self.cache = None;
             self.transport = None;
             self.transport = Some(self.connector.connect()?);
         }
-        match self.transport.as_mut() {
-            Some(t) => Ok(t.as_mut()),
-            None => Err(TransportError::NoCard),
+        Ok(())
+    }
+
+    /// Run one job on the card, then settle the cache: dropped after a transport error;
+    /// after a command that wrote the card, dropped and the card reset, so that every
+    /// program sharing the reader sees a new presentation.
+    fn run(&mut self, job: JobFn) {
+        if let Err(e) = self.ensure() {
+            self.cache = None;
+            job(Err(e));
+            return;
+        }
+        let Slot {
+            transport, cache, ..
+        } = self;
+        let Some(t) = transport.as_mut() else {
+            *cache = None;
+            job(Err(TransportError::NoCard));
+            return;
+        };
+        let mut card = Card::new(t.as_mut(), cache);
+        job(Ok(&mut card));
+        let (failed, wrote) = (card.failed(), card.wrote());
+        if failed || wrote {
+            *cache = None;
+        }
+        if wrote {
+            if let Err(e) = t.reset() {
+                tracing::debug!("reset after a card write: {e}");
+            }
         }
     }
 }
@@ -140,29 +237,37 @@ impl Slot {
 async fn reader_task(
     name: String,
     connector: Box<dyn Connector>,
+    shared: Arc<Shared>,
     mut jobs: mpsc::UnboundedReceiver<Job>,
 ) {
     let mut slot = Some(Slot {
         connector,
         transport: None,
+        cache: None,
+        changes_seen: shared.changes.load(Ordering::SeqCst),
+        shared: shared.clone(),
     });
     while let Some(job) = jobs.recv().await {
-        if job
+        let started = job
             .state
             .compare_exchange(WAITING, STARTED, Ordering::SeqCst, Ordering::SeqCst)
-            .is_err()
-        {
-            continue; // its caller gave up waiting
+            .is_ok();
+        if !started {
+            continue; // its caller gave up waiting (and counted itself out)
+        }
+        if !job.background {
+            shared.waiting.fetch_sub(1, Ordering::SeqCst);
         }
         let Some(mut s) = slot.take() else { break };
         let r = tokio::task::spawn_blocking(move || {
             let run = job.run;
             let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                run(s.ensure());
+                s.run(run);
             }));
             if outcome.is_err() {
                 // the caller sees its answer channel dropped; start afresh
                 s.transport = None;
+                s.cache = None;
             }
             (s, outcome.is_err())
         })
@@ -250,7 +355,11 @@ impl Readers {
                 live,
             } => {
                 let (tx, rx) = mpsc::unbounded_channel();
-                let task = tokio::spawn(reader_task(name.clone(), connector, rx));
+                let shared = Arc::new(Shared {
+                    changes: AtomicU64::new(0),
+                    waiting: AtomicUsize::new(0),
+                });
+                let task = tokio::spawn(reader_task(name.clone(), connector, shared.clone(), rx));
                 if let Ok(mut t) = self.tasks.lock() {
                     t.retain(|h| !h.is_finished());
                     t.push(task);
@@ -261,6 +370,7 @@ impl Readers {
                     jobs: tx,
                     tracked: Arc::new(Mutex::new((false, Vec::new()))),
                     live,
+                    shared,
                 };
                 if let Ok(mut m) = self.map.write() {
                     m.insert(name.clone(), h);
@@ -280,6 +390,7 @@ impl Readers {
             }
             SourceEvent::CardInserted { reader, atr } => {
                 if let Some(h) = self.get(&reader) {
+                    h.shared.changes.fetch_add(1, Ordering::SeqCst);
                     if let Ok(mut g) = h.tracked.lock() {
                         *g = (true, atr.clone());
                     }
@@ -288,6 +399,7 @@ impl Readers {
             }
             SourceEvent::CardRemoved { reader } => {
                 if let Some(h) = self.get(&reader) {
+                    h.shared.changes.fetch_add(1, Ordering::SeqCst);
                     if let Ok(mut g) = h.tracked.lock() {
                         *g = (false, Vec::new());
                     }

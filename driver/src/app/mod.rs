@@ -18,7 +18,7 @@ pub use purse::{
     balance, bcd_datetime, initialize_purchase, load, recover_purchase, transaction_log, LoadProof,
     LogRecord, PreparedPurchase, PurchaseProof, Recovery,
 };
-pub use records::{read_card, CardRecord};
+pub use records::{read_card, read_policy, read_rest, CardRecord, PolicyRecords};
 
 use crate::apdu::CommandApdu;
 use crate::status::StatusWord;

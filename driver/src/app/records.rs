@@ -35,6 +35,32 @@ fn ser_card_id<S: serde::Serializer>(id: &CardId, s: S) -> Result<S::Ok, S::Erro
     s.serialize_str(&id.to_hex())
 }
 
+/// The records that policy and a payment need (card profile §3): who the card is (EF05
+/// 01 and 07), until when it is valid (EF05 06), whether its holder is insured (EF15 22),
+/// and SELECT's word on whether the application is blocked.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PolicyRecords {
+    pub card_id: CardId,
+    pub card_number: String,
+    pub expiry_date: NaiveDate,
+    /// Empty on a blocked application (its EF15 is not readable).
+    pub insured_status: String,
+    pub blocked: bool,
+}
+
+impl CardRecord {
+    /// The part of the records that policy and a payment need.
+    pub fn policy(&self) -> PolicyRecords {
+        PolicyRecords {
+            card_id: self.card_id,
+            card_number: self.card_number.clone(),
+            expiry_date: self.expiry_date,
+            insured_status: self.insured_status.clone(),
+            blocked: self.blocked,
+        }
+    }
+}
+
 /// Read one record by identifier (`00 B2 <tag> 00 00`, whole record) and check it.
 fn read(tx: &mut Transaction<'_>, ef: u16, tag: u8, len: usize) -> Result<Vec<u8>, AppError> {
     let bad = |reason: String| AppError::BadRecord { ef, tag, reason };
@@ -106,30 +132,81 @@ pub fn gbk_name(ef: u16, tag: u8, v: &[u8]) -> Result<String, AppError> {
     Ok(s.into_owned())
 }
 
+fn card_id(tx: &mut Transaction<'_>) -> Result<CardId, AppError> {
+    let id_bytes = read(tx, 0xEF05, 0x01, 16)?;
+    CardId::from_bytes(&id_bytes).map_err(|e| AppError::BadRecord {
+        ef: 0xEF05,
+        tag: 0x01,
+        reason: e.to_string(),
+    })
+}
+
+/// Select the application and read only what policy and a payment need (card profile
+/// §3): EF05 records 01, 06 and 07 and EF15 record 22, seven commands where the whole
+/// read takes nineteen.
+pub fn read_policy(tx: &mut Transaction<'_>) -> Result<PolicyRecords, AppError> {
+    let sel = select_application(tx)?;
+    select_ef(tx, 0xEF05)?;
+    let card_id = card_id(tx)?;
+    let expiry_date = bcd_date(0xEF05, 0x06, &read(tx, 0xEF05, 0x06, 4)?)?;
+    let card_number = ascii(0xEF05, 0x07, read(tx, 0xEF05, 0x07, 9)?)?;
+    let insured_status = if sel.blocked {
+        String::new()
+    } else {
+        select_ef(tx, 0xEF15)?;
+        bcd(0xEF15, 0x22, &read(tx, 0xEF15, 0x22, 1)?)?
+    };
+    Ok(PolicyRecords {
+        card_id,
+        card_number,
+        expiry_date,
+        insured_status,
+        blocked: sel.blocked,
+    })
+}
+
+/// EF06, the holder (card profile §3): selected and read whole.
+struct Holder {
+    ssn: String,
+    name: String,
+    gender: String,
+    nation: String,
+    birthplace: String,
+    birth_date: NaiveDate,
+}
+
+fn read_holder(tx: &mut Transaction<'_>) -> Result<Holder, AppError> {
+    select_ef(tx, 0xEF06)?;
+    let h = Holder {
+        ssn: ascii(0xEF06, 0x08, read(tx, 0xEF06, 0x08, 18)?)?,
+        name: gbk_name(0xEF06, 0x09, &read(tx, 0xEF06, 0x09, 30)?)?,
+        gender: ascii(0xEF06, 0x0A, read(tx, 0xEF06, 0x0A, 1)?)?,
+        nation: bcd(0xEF06, 0x0B, &read(tx, 0xEF06, 0x0B, 1)?)?,
+        birthplace: bcd(0xEF06, 0x0C, &read(tx, 0xEF06, 0x0C, 3)?)?,
+        birth_date: bcd_date(0xEF06, 0x0D, &read(tx, 0xEF06, 0x0D, 4)?)?,
+    };
+    // the region codes must be valid regions
+    let _: Region = h.birthplace.parse().map_err(|_| AppError::BadRecord {
+        ef: 0xEF06,
+        tag: 0x0C,
+        reason: "not a region code".into(),
+    })?;
+    Ok(h)
+}
+
 /// Select the application and read EF05, EF06 and EF15 (card profile §3). A blocked
 /// application still identifies itself (EF05, EF06); its EF15 is then unreadable and
 /// reported as empty fields.
 pub fn read_card(tx: &mut Transaction<'_>) -> Result<CardRecord, AppError> {
     let sel = select_application(tx)?;
     select_ef(tx, 0xEF05)?;
-    let id_bytes = read(tx, 0xEF05, 0x01, 16)?;
-    let card_id = CardId::from_bytes(&id_bytes).map_err(|e| AppError::BadRecord {
-        ef: 0xEF05,
-        tag: 0x01,
-        reason: e.to_string(),
-    })?;
+    let card_id = card_id(tx)?;
     let card_type = ascii(0xEF05, 0x02, read(tx, 0xEF05, 0x02, 1)?)?;
     let spec_version = ascii(0xEF05, 0x03, read(tx, 0xEF05, 0x03, 4)?)?;
     let issue_date = bcd_date(0xEF05, 0x05, &read(tx, 0xEF05, 0x05, 4)?)?;
     let expiry_date = bcd_date(0xEF05, 0x06, &read(tx, 0xEF05, 0x06, 4)?)?;
     let card_number = ascii(0xEF05, 0x07, read(tx, 0xEF05, 0x07, 9)?)?;
-    select_ef(tx, 0xEF06)?;
-    let ssn = ascii(0xEF06, 0x08, read(tx, 0xEF06, 0x08, 18)?)?;
-    let name = gbk_name(0xEF06, 0x09, &read(tx, 0xEF06, 0x09, 30)?)?;
-    let gender = ascii(0xEF06, 0x0A, read(tx, 0xEF06, 0x0A, 1)?)?;
-    let nation = bcd(0xEF06, 0x0B, &read(tx, 0xEF06, 0x0B, 1)?)?;
-    let birthplace = bcd(0xEF06, 0x0C, &read(tx, 0xEF06, 0x0C, 3)?)?;
-    let birth_date = bcd_date(0xEF06, 0x0D, &read(tx, 0xEF06, 0x0D, 4)?)?;
+    let h = read_holder(tx)?;
     let (insured_category, pooling_region, insured_status) = if sel.blocked {
         (String::new(), String::new(), String::new())
     } else {
@@ -140,12 +217,6 @@ pub fn read_card(tx: &mut Transaction<'_>) -> Result<CardRecord, AppError> {
             bcd(0xEF15, 0x22, &read(tx, 0xEF15, 0x22, 1)?)?,
         )
     };
-    // the region codes must be valid regions
-    let _: Region = birthplace.parse().map_err(|_| AppError::BadRecord {
-        ef: 0xEF06,
-        tag: 0x0C,
-        reason: "not a region code".into(),
-    })?;
     Ok(CardRecord {
         card_id,
         card_type,
@@ -153,16 +224,54 @@ pub fn read_card(tx: &mut Transaction<'_>) -> Result<CardRecord, AppError> {
         issue_date,
         expiry_date,
         card_number,
-        ssn,
-        name,
-        gender,
-        nation,
-        birthplace,
-        birth_date,
+        ssn: h.ssn,
+        name: h.name,
+        gender: h.gender,
+        nation: h.nation,
+        birthplace: h.birthplace,
+        birth_date: h.birth_date,
         insured_category,
         pooling_region,
         insured_status,
         blocked: sel.blocked,
+    })
+}
+
+/// The records [`read_policy`] left out (EF05 02, 03, 05; EF06; EF15 20, 21), read in
+/// the same card session to complete `p` into the whole [`CardRecord`] (fourteen
+/// commands).
+pub fn read_rest(tx: &mut Transaction<'_>, p: &PolicyRecords) -> Result<CardRecord, AppError> {
+    select_ef(tx, 0xEF05)?;
+    let card_type = ascii(0xEF05, 0x02, read(tx, 0xEF05, 0x02, 1)?)?;
+    let spec_version = ascii(0xEF05, 0x03, read(tx, 0xEF05, 0x03, 4)?)?;
+    let issue_date = bcd_date(0xEF05, 0x05, &read(tx, 0xEF05, 0x05, 4)?)?;
+    let h = read_holder(tx)?;
+    let (insured_category, pooling_region) = if p.blocked {
+        (String::new(), String::new())
+    } else {
+        select_ef(tx, 0xEF15)?;
+        (
+            bcd(0xEF15, 0x20, &read(tx, 0xEF15, 0x20, 1)?)?,
+            bcd(0xEF15, 0x21, &read(tx, 0xEF15, 0x21, 3)?)?,
+        )
+    };
+    Ok(CardRecord {
+        card_id: p.card_id,
+        card_type,
+        spec_version,
+        issue_date,
+        expiry_date: p.expiry_date,
+        card_number: p.card_number.clone(),
+        ssn: h.ssn,
+        name: h.name,
+        gender: h.gender,
+        nation: h.nation,
+        birthplace: h.birthplace,
+        birth_date: h.birth_date,
+        insured_category,
+        pooling_region,
+        insured_status: p.insured_status.clone(),
+        blocked: p.blocked,
     })
 }
 

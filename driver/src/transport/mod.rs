@@ -102,6 +102,13 @@ pub trait CardTransport: Send {
     /// Warm-reset the card (or reconnect after it was removed and inserted again),
     /// returning the new ATR. Card state (selected file, PIN verified) is lost.
     fn reset(&mut self) -> Result<Vec<u8>, TransportError>;
+    /// Take up the card as it is now, after it was removed and inserted again or reset
+    /// by another program (PC/SC: `SCARD_W_REMOVED_CARD` / `SCARD_W_RESET_CARD` on this
+    /// handle), without resetting it once more: another program sharing the reader
+    /// would see that reset as a new presentation too. Returns the ATR.
+    fn reattach(&mut self) -> Result<Vec<u8>, TransportError> {
+        self.reset()
+    }
     /// What the reader can do.
     fn capabilities(&self) -> Capabilities {
         Capabilities {

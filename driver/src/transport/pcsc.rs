@@ -230,6 +230,10 @@ impl Monitor {
             }
         }
         let ctx = self.ctx.ctx()?;
+        // the readers' card-event counters before the wait (pcsc-lite counts every
+        // insertion and removal): a card swapped between two waits leaves the presence
+        // bit set but moves the counter
+        let counts: Vec<u32> = self.states.iter().map(|s| s.event_count()).collect();
         let mut all: Vec<pcsc::ReaderState> = std::mem::take(&mut self.states);
         all.push(pcsc::ReaderState::new(
             self.pnp.name().to_owned(),
@@ -254,13 +258,23 @@ impl Monitor {
         if let Some(p) = pnp {
             self.pnp = p;
         }
-        for s in &mut self.states {
+        for (i, s) in self.states.iter_mut().enumerate() {
             let (was, now) = (s.current_state(), s.event_state());
             if now.contains(pcsc::State::CHANGED) {
                 let name = s.name().to_string_lossy().into_owned();
                 let before = was.contains(pcsc::State::PRESENT);
                 let after = now.contains(pcsc::State::PRESENT);
-                if !before && after {
+                let swapped = counts.get(i).is_some_and(|c| *c != s.event_count());
+                if before && after && swapped {
+                    // removed and inserted (another card, or the same again) unseen
+                    events.push(ReaderEvent::CardRemoved {
+                        reader: name.clone(),
+                    });
+                    events.push(ReaderEvent::CardInserted {
+                        reader: name.clone(),
+                        atr: s.atr().to_vec(),
+                    });
+                } else if !before && after {
                     events.push(ReaderEvent::CardInserted {
                         reader: name.clone(),
                         atr: s.atr().to_vec(),
@@ -390,10 +404,18 @@ impl CardTransport for PcscCard {
     }
 
     fn reset(&mut self) -> Result<Vec<u8>, TransportError> {
-        match self
-            .card
-            .reconnect(self.share, self.protocols, pcsc::Disposition::ResetCard)
-        {
+        self.reconnect(pcsc::Disposition::ResetCard)
+    }
+
+    fn reattach(&mut self) -> Result<Vec<u8>, TransportError> {
+        self.reconnect(pcsc::Disposition::LeaveCard)
+    }
+}
+
+impl PcscCard {
+    /// `SCardReconnect` with `disposition`, or a new connection when the handle is gone.
+    fn reconnect(&mut self, disposition: pcsc::Disposition) -> Result<Vec<u8>, TransportError> {
+        match self.card.reconnect(self.share, self.protocols, disposition) {
             Ok(()) => {}
             // the handle is gone (card removed and put back, pcscd restarted): connect anew
             Err(_) => {
