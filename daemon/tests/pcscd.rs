@@ -349,3 +349,62 @@ fn fifty_clients_on_two_readers_lose_and_double_nothing() {
     let want: i64 = (0..CLIENTS as i64).map(|i| 100 + i).sum();
     assert_eq!(day["total_fen"], want);
 }
+
+/// The presentation cache through pcscd: a card swapped in the reader is read anew (the
+/// POS that names the old card gets `CARD_CHANGED`), and a card that another program
+/// rewrites and resets (as the office commands do) is read anew too.
+#[test]
+fn the_cache_follows_swaps_and_another_programs_reset() {
+    let (mut slots, dir) = bed();
+    let a = card(
+        slots.remove(0),
+        dir.path(),
+        "a",
+        &["--serial", "1111111111111111"],
+    );
+    let reader = a.reader().to_string();
+    let d = Sscardd::spawn("--dev", dir.path());
+    let mut c = LineClient::login(&d, "cashier");
+    sees_card(&mut c, &reader);
+    let first = c.call("card.read", json!({"reader": reader})).unwrap();
+    assert_eq!(first["insured_status"], "01");
+
+    // swapped for another card: the POS still shows the first
+    let lease = a.into_lease();
+    let b = card(lease, dir.path(), "b", &["--serial", "2222222222222222"]);
+    sees_card(&mut c, &reader);
+    let mut p = debit("C-1", 100, &reader);
+    p["card_id"] = first["card_id"].clone();
+    let e = c.call("pay.debit", p).unwrap_err();
+    assert_eq!(kind(&e), "CARD_CHANGED", "{e}");
+    let now = c.call("card.read", json!({"reader": reader})).unwrap();
+    assert_ne!(now["card_id"], first["card_id"]);
+    assert_eq!(balance(&mut c, &reader), START_BALANCE, "nothing debited");
+
+    // another program suspends the holder's insurance (EF15 22 = 02, MAINT key) and
+    // ends with a card reset: the daemon's cached "01" must not stand
+    {
+        use sscard_driver::app;
+        use sscard_driver::keyprovider::SoftwareKeys;
+        use sscard_driver::keys::KeyPurpose;
+        use sscard_driver::transport::{CardTransport, Transaction};
+        let mut card = b.connect();
+        let mut keys = SoftwareKeys::test_keys(
+            "650200".parse().unwrap(),
+            "650200000009".parse().unwrap(),
+            &[KeyPurpose::Maint],
+        );
+        {
+            let mut tx = Transaction::begin(&mut card).unwrap();
+            let id = app::read_policy(&mut tx).unwrap().card_id;
+            app::select_ef(&mut tx, 0xEF15).unwrap();
+            app::update_record(&mut tx, &mut keys, &id, 0x22, &[0x02]).unwrap();
+        }
+        card.reset().unwrap();
+    }
+    let e = c.call("pay.debit", debit("C-2", 100, &reader)).unwrap_err();
+    assert_eq!(kind(&e), "INSURANCE_SUSPENDED", "{e}");
+    let again = c.call("card.read", json!({"reader": reader})).unwrap();
+    assert_eq!(again["insured_status"], "02");
+    assert_eq!(balance(&mut c, &reader), START_BALANCE);
+}
