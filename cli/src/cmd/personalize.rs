@@ -9,7 +9,7 @@ use sscard_driver::keyprovider::keystore::{Keystore, KeystoreSecret};
 use sscard_driver::keys::Key16;
 use sscard_driver::personalize::{IssuanceJournal, IssuerKeys, Outcome, PersoRecord};
 use sscard_driver::transport::pcsc::{PcscContext, ShareMode};
-use sscard_driver::transport::Transaction;
+use sscard_driver::transport::{CardTransport, Transaction};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -132,8 +132,16 @@ pub fn run(a: Args, out: &Printer) -> Result<(), CliError> {
         wait_card(&ctx, &a.reader, true, Duration::from_secs(a.wait))?;
         let outcome = {
             let mut card = ctx.connect(&a.reader, ShareMode::Exclusive, None)?;
-            let mut tx = Transaction::begin(&mut card)?;
-            journal.issue(&mut tx, &keys, rec)
+            let outcome = {
+                let mut tx = Transaction::begin(&mut card)?;
+                journal.issue(&mut tx, &keys, rec)
+            };
+            // a card written here ends with a reset, so that every program sharing the
+            // reader (a daemon's presentation cache) sees a new presentation
+            if let Err(e) = card.reset() {
+                tracing::debug!("reset after personalization: {e}");
+            }
+            outcome
         };
         let text = match &outcome {
             Outcome::Issued {
