@@ -578,9 +578,27 @@ fn repeat(
     }
 }
 
+/// A payment as a card operation left it.
+pub struct Paid {
+    pub payment: Payment,
+    /// The card completed it and its outcome is still to be written: the caller
+    /// records it with the call's audit entry, in one commit (the row stays `pending`
+    /// until then, and a crash in between is settled from the card like any other).
+    pub unrecorded: bool,
+}
+
+impl Paid {
+    fn recorded(payment: Payment) -> Self {
+        Paid {
+            payment,
+            unrecorded: false,
+        }
+    }
+}
+
 /// `pay.debit` on the card: policy, PIN, INITIALIZE FOR PURCHASE, the journal's
-/// pending row, DEBIT, the outcome (card profile §6).
-pub fn debit(card: &mut Card<'_>, ctx: &Ctx, req: DebitRequest) -> Seen<Payment> {
+/// pending row, DEBIT; a completed outcome comes back unrecorded (card profile §6).
+pub fn debit(card: &mut Card<'_>, ctx: &Ctx, req: DebitRequest) -> Seen<Paid> {
     on_card(card, Source::Cached, |tx, k| debit_card(tx, ctx, k, req))
 }
 
@@ -617,7 +635,7 @@ fn debit_card(
     ctx: &Ctx,
     k: &mut Known,
     req: DebitRequest,
-) -> Result<Payment, ApiError> {
+) -> Result<Paid, ApiError> {
     as_shown(k, req.card_id.as_ref())?;
     let order = req.order_id.clone();
     // a repeat that raced with the first (two readers, or two clients)
@@ -630,7 +648,7 @@ fn debit_card(
             return Err(duplicate(&p));
         }
         reread(tx, k)?;
-        return repeat(tx, ctx, k.rec(), p);
+        return repeat(tx, ctx, k.rec(), p).map(Paid::recorded);
     }
     check_card(tx, ctx, k)?;
     let rec = k.rec().clone();
@@ -639,8 +657,9 @@ fn debit_card(
     app::verify_pin(tx, &req.pin).map_err(|e| from_driver(&e))?;
     let when = now();
     ctx.keys.with(&ctx.journal, |keys| {
-        let prepared = app::initialize_purchase(tx, keys, &rec.card_id, req.amount, when.naive_local())
-            .map_err(|e| from_driver(&e))?;
+        let prepared =
+            app::initialize_purchase(tx, keys, &rec.card_id, req.amount, when.naive_local())
+                .map_err(|e| from_driver(&e))?;
         let tid = prepared.terminal_id.to_hex();
         let mut p = Payment {
             order_id: req.order_id.clone(),
@@ -666,7 +685,8 @@ fn debit_card(
             Err(JournalError::Db(rusqlite::Error::SqliteFailure(f, _)))
                 if f.extended_code == SQLITE_CONSTRAINT_PRIMARYKEY =>
             {
-                return Err(ApiError::kind(ErrorKind::DuplicateOrder,
+                return Err(ApiError::kind(
+                    ErrorKind::DuplicateOrder,
                     format!("order {} is being paid at the same time", p.order_id),
                 ))
             }
@@ -676,11 +696,10 @@ fn debit_card(
             Ok(proof) => {
                 p.status = PaymentStatus::Completed;
                 p.tac = proof.tac;
-                if let Err(e) = record(ctx, &p) {
-                    // the card has paid: the row stays pending and recovery completes it
-                    tracing::error!(order = %p.order_id, "debit done but not recorded: {}", e.message);
-                }
-                Ok(p)
+                Ok(Paid {
+                    payment: p,
+                    unrecorded: true,
+                })
             }
             Err(e) => Err(card_error(tx, ctx, &p, e)),
         }
@@ -751,7 +770,7 @@ pub struct RefundRequest {
 
 /// `pay.refund` on the card: the original order's card, checks, PIN, the journal's
 /// pending row, purse load (card profile §7), the outcome.
-pub fn refund(card: &mut Card<'_>, ctx: &Ctx, req: RefundRequest) -> Seen<Payment> {
+pub fn refund(card: &mut Card<'_>, ctx: &Ctx, req: RefundRequest) -> Seen<Paid> {
     on_card(card, Source::Cached, |tx, k| refund_card(tx, ctx, k, req))
 }
 
@@ -760,7 +779,7 @@ fn refund_card(
     ctx: &Ctx,
     k: &mut Known,
     req: RefundRequest,
-) -> Result<Payment, ApiError> {
+) -> Result<Paid, ApiError> {
     as_shown(k, req.card_id.as_ref())?;
     let rec = k.rec().clone();
     let rec = &rec;
@@ -788,7 +807,7 @@ fn refund_card(
             return Err(duplicate(&p));
         }
         reread(tx, k)?;
-        return repeat(tx, ctx, k.rec(), p);
+        return repeat(tx, ctx, k.rec(), p).map(Paid::recorded);
     }
     same_city(ctx, &rec.card_id)?;
     if rec.blocked {
@@ -800,7 +819,11 @@ fn refund_card(
     authenticate(tx, ctx, k)?;
     app::verify_pin(tx, &req.pin).map_err(|e| from_driver(&e))?;
     let before = app::balance(tx).map_err(|e| from_driver(&e))?;
-    let seq = ctx.journal.call_blocking(|j| j.next_seq()).map_err(jerr)?;
+    // durable with the pending row below (it names the refund, and no card sees it)
+    let seq = ctx
+        .journal
+        .call_blocking(|j| j.reserve_seq())
+        .map_err(jerr)?;
     let when = now();
     let tid = ctx.keys.terminal_id().to_hex();
     let mut p = Payment {
@@ -844,10 +867,10 @@ fn refund_card(
             p.counter = i64::from(proof.online_counter);
             p.balance_before_fen = i64::from(proof.balance_before);
             p.balance_after_fen = i64::from(proof.balance_after);
-            if let Err(e) = record(ctx, &p) {
-                tracing::error!(order = %p.order_id, "refund done but not recorded: {}", e.message);
-            }
-            Ok(p)
+            Ok(Paid {
+                payment: p,
+                unrecorded: true,
+            })
         }
         Err(e) => Err(card_error(tx, ctx, &p, e)),
     }

@@ -154,6 +154,22 @@ impl State {
         card: &str,
         outcome: &str,
     ) -> Result<(), crate::journal::JournalError> {
+        self.audit_settling(operator, method, reader, card, outcome, None)
+            .await
+            .map(|_| ())
+    }
+
+    /// [`State::audit`] with the outcome of the call's payment in the same commit;
+    /// whether the payment was still pending.
+    pub async fn audit_settling(
+        &self,
+        operator: &str,
+        method: &str,
+        reader: &str,
+        card: &str,
+        outcome: &str,
+        settle: Option<crate::journal::Payment>,
+    ) -> Result<bool, crate::journal::JournalError> {
         let (op, m, r, c, o) = (
             operator.to_string(),
             method.to_string(),
@@ -162,14 +178,11 @@ impl State {
             outcome.to_string(),
         );
         let t = chrono::Local::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, false);
-        if let Err(e) = self
-            .journal
-            .call(move |j| j.audit(&t, &op, &m, &r, &c, &o))
+        self.journal
+            .call(move |j| j.audit_settling(&t, &op, &m, &r, &c, &o, settle.as_ref()))
             .await
-        {
-            tracing::error!("audit log write failed ({method} by {operator}): {e}");
-            return Err(e);
-        }
-        Ok(())
+            .inspect_err(|e| {
+                tracing::error!("audit log write failed ({method} by {operator}): {e}")
+            })
     }
 }

@@ -70,12 +70,23 @@ async fn a_card_is_read_at_insertion_and_a_payment_sends_only_what_money_needs()
     assert_eq!(read["name"], "张三");
     assert_eq!(sent_since(&c, &before), [], "card.read sent commands");
 
-    // the payment: SELECT, INTERNAL AUTHENTICATE, VERIFY, INITIALIZE, DEBIT, once each
+    // the payment: SELECT, INTERNAL AUTHENTICATE, VERIFY, INITIALIZE, DEBIT, once each,
+    // and two durable journal commits: the pending row with its terminal sequence, then
+    // the outcome with the call's audit entry
+    let commits = |h: &Value| h["journal_commits"].as_u64().unwrap();
+    let h0 = cl.call("system.health", json!({})).await.unwrap();
     let before = counts(&c);
     let p = cl
         .call("pay.debit", pay("P-1", Some(&read["card_id"])))
         .await
         .unwrap();
+    let h1 = cl.call("system.health", json!({})).await.unwrap();
+    assert_eq!(commits(&h1) - commits(&h0), 2, "{h0} {h1}");
+    let q = cl
+        .call("pay.query", json!({"order_id": "P-1"}))
+        .await
+        .unwrap();
+    assert_eq!(q, p, "the journal holds the completed payment");
     assert_eq!(p["status"], "completed", "{p}");
     assert_eq!(p["card_number"], read["card_number"]);
     assert_eq!(

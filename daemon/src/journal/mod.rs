@@ -66,6 +66,13 @@ pub type JResult<T> = Result<T, rusqlite::Error>;
 /// The open journal.
 pub struct Journal {
     db: Connection,
+    /// The next terminal sequence number [`Journal::reserve_seq`] hands out (held in
+    /// memory; durable with the next payment row).
+    seq_next: Option<i64>,
+    /// Commits of this connection (SQLite's commit hook) and, of those, the unsynced
+    /// probes: the difference is the durable commits, each a disk flush.
+    commits: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    probes: u64,
 }
 
 /// A payment row, as the API's payment object.
@@ -272,6 +279,33 @@ fn migrate_to_2(db: &mut Connection, fresh: bool) -> JResult<()> {
     tx.commit()
 }
 
+/// Record a pending payment's outcome inside `tx` (see [`Journal::settle`]).
+fn settle_in(tx: &rusqlite::Transaction<'_>, p: &Payment) -> JResult<bool> {
+    let rowid: Option<i64> = tx
+        .query_row(
+            "UPDATE payments SET status=?3, tac=?4, counter=?5, balance_before_fen=?6,
+                   balance_after_fen=?7, settled=?8
+                 WHERE order_id=?1 AND kind=?2 AND status='pending' RETURNING rowid",
+            params![
+                p.order_id,
+                p.kind,
+                p.status,
+                p.tac,
+                p.counter,
+                p.balance_before_fen,
+                p.balance_after_fen,
+                now()
+            ],
+            |r| r.get(0),
+        )
+        .optional()?;
+    let Some(rowid) = rowid else {
+        return Ok(false);
+    };
+    chain::anchor(tx, rowid)?;
+    Ok(true)
+}
+
 impl Journal {
     /// Open (creating if needed, mode [`FILE_MODE`]) a journal file, migrating a
     /// schema-1 journal to schema 2.
@@ -294,7 +328,18 @@ impl Journal {
             )?;
             migrate_to_2(&mut db, fresh)?;
         }
-        Ok(Journal { db })
+        let commits = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let counter = commits.clone();
+        db.commit_hook(Some(move || {
+            counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            false
+        }));
+        Ok(Journal {
+            db,
+            seq_next: None,
+            commits,
+            probes: 0,
+        })
     }
 
     /// Commit one tiny write (the `probe` counter), so that a full disk or a read-only
@@ -309,9 +354,20 @@ impl Journal {
             .and_then(|mut st| st.execute([]));
         self.db.execute_batch("PRAGMA synchronous=FULL")?;
         match r? {
-            1 => Ok(()),
+            1 => {
+                self.probes += 1;
+                Ok(())
+            }
             _ => Err(rusqlite::Error::QueryReturnedNoRows),
         }
+    }
+
+    /// Durable commits (each a disk flush: everything but the write probes) since the
+    /// journal was opened.
+    pub fn durable_commits(&self) -> u64 {
+        self.commits
+            .load(std::sync::atomic::Ordering::Relaxed)
+            .saturating_sub(self.probes)
     }
 
     /// The chain's newest entry (none in a journal that never audited).
@@ -343,6 +399,21 @@ impl Journal {
         u32::try_from(n).map_err(|_| rusqlite::Error::IntegralValueOutOfRange(0, n))
     }
 
+    /// Reserve a terminal sequence number in memory, with no commit of its own: it
+    /// becomes durable with the next payment row ([`Journal::insert`] writes the
+    /// reservation mark in the same transaction), and that row is durable before any
+    /// command carrying the number goes to a card (DEBIT). A number reserved and never
+    /// followed by a row never left the terminal, so after a crash it may come again.
+    pub fn reserve_seq(&mut self) -> JResult<u32> {
+        let stored: i64 = self
+            .db
+            .query_row("SELECT next FROM sequence WHERE id=1", [], |r| r.get(0))?;
+        let n = self.seq_next.map_or(stored, |m| m.max(stored));
+        let seq = u32::try_from(n).map_err(|_| rusqlite::Error::IntegralValueOutOfRange(0, n))?;
+        self.seq_next = Some(n + 1);
+        Ok(seq)
+    }
+
     /// The payment of an order (`kind` `debit` or `refund`).
     pub fn payment(&self, order_id: &str, kind: PaymentKind) -> JResult<Option<Payment>> {
         self.db
@@ -355,9 +426,14 @@ impl Journal {
     }
 
     /// Write a new payment (normally `pending`, before the card command), numbered
-    /// and anchored to the chain head. Fails on a second row for the same order and kind.
+    /// and anchored to the chain head, with the terminal sequence numbers reserved so
+    /// far ([`Journal::reserve_seq`]) in the same commit. Fails on a second row for the
+    /// same order and kind.
     pub fn insert(&self, p: &Payment) -> JResult<()> {
         let tx = self.db.unchecked_transaction()?;
+        if let Some(next) = self.seq_next {
+            tx.execute("UPDATE sequence SET next=MAX(next, ?1) WHERE id=1", [next])?;
+        }
         let pno: i64 = tx.query_row(
             "UPDATE payments_written SET n=n+1 WHERE id=1 RETURNING n",
             [],
@@ -396,28 +472,9 @@ impl Journal {
     /// more (settled meanwhile).
     pub fn settle(&self, p: &Payment) -> JResult<bool> {
         let tx = self.db.unchecked_transaction()?;
-        let rowid: Option<i64> = tx
-            .query_row(
-                "UPDATE payments SET status=?3, tac=?4, counter=?5, balance_before_fen=?6,
-                   balance_after_fen=?7, settled=?8
-                 WHERE order_id=?1 AND kind=?2 AND status='pending' RETURNING rowid",
-                params![
-                    p.order_id,
-                    p.kind,
-                    p.status,
-                    p.tac,
-                    p.counter,
-                    p.balance_before_fen,
-                    p.balance_after_fen,
-                    now()
-                ],
-                |r| r.get(0),
-            )
-            .optional()?;
-        let Some(rowid) = rowid else {
+        if !settle_in(&tx, p)? {
             return Ok(false);
-        };
-        chain::anchor(&tx, rowid)?;
+        }
         tx.commit()?;
         Ok(true)
     }
@@ -575,9 +632,32 @@ impl Journal {
         card: &str,
         outcome: &str,
     ) -> JResult<()> {
+        self.audit_settling(time, operator, method, reader, card, outcome, None)
+            .map(|_| ())
+    }
+
+    /// [`Journal::audit`] with the outcome of the call's pending payment `settle` in the
+    /// same commit (one disk flush where there would be two); the payment is anchored
+    /// to this very entry. Returns whether the payment was still pending.
+    #[allow(clippy::too_many_arguments)]
+    pub fn audit_settling(
+        &mut self,
+        time: &str,
+        operator: &str,
+        method: &str,
+        reader: &str,
+        card: &str,
+        outcome: &str,
+        settle: Option<&Payment>,
+    ) -> JResult<bool> {
         let tx = self.db.transaction()?;
         chain::append(&tx, &[time, operator, method, reader, card, outcome])?;
-        tx.commit()
+        let changed = match settle {
+            Some(p) => settle_in(&tx, p)?,
+            None => false,
+        };
+        tx.commit()?;
+        Ok(changed)
     }
 
     /// Audit entries between `since` and `until` (RFC 3339 prefixes compare as text),
@@ -709,6 +789,49 @@ mod tests {
         j.mark_uploaded(&[up[0].txn_id.clone()]).unwrap();
         assert!(j.to_upload(10).unwrap().is_empty());
         assert_eq!(j.day("2026-11-23").unwrap().len(), 3);
+    }
+
+    #[test]
+    fn reserved_sequences_become_durable_with_the_next_payment_row() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("j.db");
+        let mut j = Journal::open(&path).unwrap();
+        let c0 = j.durable_commits();
+        assert_eq!((j.reserve_seq().unwrap(), j.reserve_seq().unwrap()), (1, 2));
+        assert_eq!(j.durable_commits(), c0, "a reservation commits nothing");
+        drop(j);
+        // a crash before any row: the numbers never left the terminal and come again
+        let mut j = Journal::open(&path).unwrap();
+        let n = j.reserve_seq().unwrap();
+        assert_eq!(n, 1);
+        let mut p = payment("A", 100, PaymentStatus::Pending);
+        p.terminal_seq = i64::from(n);
+        let c1 = j.durable_commits();
+        j.insert(&p).unwrap();
+        assert_eq!(
+            j.durable_commits(),
+            c1 + 1,
+            "row and reservation: one commit"
+        );
+        drop(j);
+        let mut j = Journal::open(&path).unwrap();
+        assert_eq!(j.reserve_seq().unwrap(), 2, "never reused after the row");
+        // the outcome with the call's audit entry: one commit, anchored to that entry
+        let mut done = p.clone();
+        done.status = PaymentStatus::Completed;
+        let c2 = j.durable_commits();
+        assert!(j
+            .audit_settling("t", "li", "pay.debit", "r", "A1", "ok", Some(&done))
+            .unwrap());
+        assert_eq!(j.durable_commits(), c2 + 1);
+        assert_eq!(
+            j.payment("A", PaymentKind::Debit).unwrap().unwrap().status,
+            PaymentStatus::Completed
+        );
+        assert!(!j
+            .audit_settling("t", "li", "pay.debit", "r", "A1", "ok", Some(&done))
+            .unwrap());
+        verify(&path).unwrap();
     }
 
     /// Found by the `blacklist` fuzz target (docs/fuzzing.md): cards with any bytes and

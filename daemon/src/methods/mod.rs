@@ -25,6 +25,7 @@ pub mod system;
 use crate::config::Operator;
 use crate::error::{ApiError, ErrorKind};
 use crate::events::Event;
+use crate::journal::Payment;
 use crate::ops::{Ctx, Seen};
 use crate::readers::Card;
 use crate::session::{Role, Session};
@@ -174,6 +175,8 @@ pub struct Note {
     pub card: String,
     /// The outcome's text on success (`ok` when the handler gives none).
     pub detail: Option<String>,
+    /// A payment the card completed, recorded with the audit entry in one commit.
+    pub settle: Option<Payment>,
 }
 
 /// One call in progress.
@@ -346,9 +349,32 @@ async fn try_audit(
     note: &Note,
     outcome: &str,
 ) -> Result<(), ApiError> {
-    st.audit(who, m.name(), &note.reader, &note.card, outcome)
+    let settle = note.settle.clone();
+    match st
+        .audit_settling(who, m.name(), &note.reader, &note.card, outcome, settle)
         .await
-        .map_err(|e| ApiError::journal(format!("cannot write the audit log: {e}")))
+    {
+        Ok(true) => {
+            if let Some(p) = &note.settle {
+                let _ = st.events.send(Event::PaymentSettled {
+                    order_id: p.order_id.clone(),
+                    kind: p.kind,
+                    status: p.status,
+                });
+            }
+            Ok(())
+        }
+        Ok(false) => Ok(()),
+        Err(e) => {
+            if let Some(p) = &note.settle {
+                // the card has paid: the row stays pending and recovery completes it
+                tracing::error!(order = %p.order_id, "{} done but not recorded: {e}", p.kind);
+            }
+            Err(ApiError::journal(format!(
+                "cannot write the audit log: {e}"
+            )))
+        }
+    }
 }
 
 async fn audit_entry(st: &State, who: &str, m: Method, note: &Note, outcome: &str) {

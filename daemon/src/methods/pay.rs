@@ -11,7 +11,7 @@ use super::{ctx, on_card, Call};
 use crate::config::Operator;
 use crate::error::{ApiError, ErrorKind};
 use crate::journal::{Payment, PaymentKind, PaymentStatus};
-use crate::ops::{self, DebitRequest, RefundRequest};
+use crate::ops::{self, DebitRequest, Paid, RefundRequest};
 use crate::session::Role;
 use crate::state::State;
 use serde_json::{json, Value};
@@ -55,6 +55,15 @@ async fn settle(st: &Arc<State>, op: &Operator, p: Payment) -> Payment {
         }
     }
     p
+}
+
+/// A payment the card completed whose outcome is still to be written goes into the
+/// call's audit entry, which records it in the same commit.
+fn unrecorded(c: &mut Call<'_>, paid: Paid) -> Payment {
+    if paid.unrecorded {
+        c.note.settle = Some(paid.payment.clone());
+    }
+    paid.payment
 }
 
 fn uncertain(p: &Payment) -> ApiError {
@@ -117,14 +126,14 @@ pub async fn debit(c: &mut Call<'_>, p: DebitParams) -> Result<Value, ApiError> 
         pin: p.pin.0,
         operator: op.name.clone(),
     };
-    let p = on_card(
+    let paid = on_card(
         c,
         reader.as_ref(),
         move |t, x| ops::debit(t, x, req),
-        summary,
+        |p| summary(&p.payment),
     )
     .await?;
-    Ok(p.to_json())
+    Ok(unrecorded(c, paid).to_json())
 }
 
 /// `pay.query`: the debit of an order (or its refund with `"kind": "refund"`); a
@@ -187,13 +196,14 @@ pub async fn refund(c: &mut Call<'_>, p: RefundParams) -> Result<Value, ApiError
         pin: p.pin.0,
         operator: op.name.clone(),
     };
-    let p = on_card(
+    let paid = on_card(
         c,
         p.reader.as_ref(),
         move |t, x| ops::refund(t, x, req),
-        summary,
+        |p| summary(&p.payment),
     )
     .await?;
+    let p = unrecorded(c, paid);
     match p.status {
         PaymentStatus::Pending => Err(uncertain(&p)),
         _ => Ok(p.to_json()),

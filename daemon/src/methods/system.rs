@@ -22,12 +22,12 @@ pub async fn health(c: &mut Call<'_>, _: NoParams) -> Result<Value, ApiError> {
         .call(|j| {
             // the probe's write also proves the journal can be read
             j.probe_write()?;
-            Ok((j.pending()?.len(), j.upload_backlog()?))
+            Ok((j.pending()?.len(), j.upload_backlog()?, j.durable_commits()))
         })
         .await;
-    let (journal, pending, backlog) = match counts {
-        Ok((p, b)) => ("ok", json!(p), json!(b)),
-        Err(_) => ("unavailable", Value::Null, Value::Null),
+    let (journal, pending, backlog, commits) = match counts {
+        Ok((p, b, n)) => ("ok", json!(p), json!(b), json!(n)),
+        Err(_) => ("unavailable", Value::Null, Value::Null, Value::Null),
     };
     let upload = match st.config().upload {
         None => Value::Null,
@@ -47,6 +47,7 @@ pub async fn health(c: &mut Call<'_>, _: NoParams) -> Result<Value, ApiError> {
         "readers": st.readers.list().len(),
         "journal": journal,
         "pending": pending,
+        "journal_commits": commits,
         "keys": st.keys.origin(),
         "uptime_s": st.started.elapsed().as_secs(),
         "upload": upload,
