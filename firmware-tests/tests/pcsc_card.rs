@@ -313,3 +313,50 @@ fn no_card_and_unknown_reader_are_clean_errors() {
         .unwrap();
     assert!(matches!(e, TransportError::NoReader(_)), "{e}");
 }
+
+/// A card swapped while nobody waits on the monitor leaves the presence bit set; pcscd's
+/// event counter moved twice, and the monitor reports a removal and an insertion.
+#[test]
+fn a_swap_between_two_waits_is_a_removal_and_an_insertion() {
+    let lease = SlotLease::acquire();
+    let reader = lease.reader.clone();
+    let ctx = PcscContext::establish().unwrap();
+    let v = Vcard::start_in(lease, &["--serial", "1111111111111111"]);
+    let mut mon = ctx.monitor().unwrap();
+    // drain what is there now (the card present)
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut seen = mon.wait(Duration::from_millis(100)).unwrap();
+    while !seen
+        .iter()
+        .any(|e| matches!(e, ReaderEvent::CardInserted { reader: r, .. } if *r == reader))
+    {
+        assert!(Instant::now() < deadline, "no card: {seen:?}");
+        seen.extend(mon.wait(Duration::from_millis(200)).unwrap());
+    }
+    while !mon.wait(Duration::from_millis(200)).unwrap().is_empty() {}
+    // out and another card in, the monitor not waiting meanwhile
+    let lease = v.into_lease();
+    let _w = Vcard::start_in(lease, &["--serial", "2222222222222222"]);
+    let ours = |e: &ReaderEvent| match e {
+        ReaderEvent::CardRemoved { reader: r } | ReaderEvent::CardInserted { reader: r, .. } => {
+            *r == reader
+        }
+        _ => false,
+    };
+    let events: Vec<ReaderEvent> = mon
+        .wait(Duration::from_secs(2))
+        .unwrap()
+        .into_iter()
+        .filter(ours)
+        .collect();
+    assert!(
+        matches!(
+            events.as_slice(),
+            [
+                ReaderEvent::CardRemoved { .. },
+                ReaderEvent::CardInserted { .. }
+            ]
+        ),
+        "{events:?}"
+    );
+}
