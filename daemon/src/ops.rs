@@ -343,16 +343,15 @@ fn insurance_active(rec: &PolicyRecords) -> Result<(), ApiError> {
 
 /// The blacklist and the card's own state, judged now from the records `k` holds and
 /// the journal, then INTERNAL AUTHENTICATE: before any PIN or money.
-fn check_card(tx: &mut Transaction<'_>, ctx: &Ctx, k: &mut Known) -> Result<(), ApiError> {
+fn check_card(
+    tx: &mut Transaction<'_>,
+    ctx: &Ctx,
+    k: &mut Known,
+    listed: Option<String>,
+) -> Result<(), ApiError> {
     let rec = k.rec().clone();
     let rec = &rec;
     same_city(ctx, &rec.card_id)?;
-    let today = Local::now().date_naive().to_string();
-    let (num, id, day) = (rec.card_number.clone(), rec.card_id.to_hex(), today.clone());
-    let listed = ctx
-        .journal
-        .call_blocking(move |j| j.blacklisted(&num, &id, &day))
-        .map_err(jerr)?;
     if let Some(reason) = listed {
         let mut note = String::new();
         if !rec.blocked && ctx.keys.supports(KeyPurpose::Maint) {
@@ -387,7 +386,33 @@ fn check_card(tx: &mut Transaction<'_>, ctx: &Ctx, k: &mut Known) -> Result<(), 
     authenticate(tx, ctx, k)
 }
 
-fn limits(ctx: &Ctx, rec: &PolicyRecords, amount: u32) -> Result<(), ApiError> {
+/// What the journal says of a debit before it starts, in one round trip: the order's
+/// payment if it exists, the card's blacklist entry, and its debits of the day.
+struct Standing {
+    existing: Option<Payment>,
+    listed: Option<String>,
+    spent: i64,
+}
+
+fn standing(ctx: &Ctx, order: &str, rec: &PolicyRecords) -> Result<Standing, ApiError> {
+    let (order, num, id) = (
+        order.to_string(),
+        rec.card_number.clone(),
+        rec.card_id.to_hex(),
+    );
+    let day = Local::now().date_naive().to_string();
+    ctx.journal
+        .call_blocking(move |j| {
+            Ok(Standing {
+                existing: j.payment(&order, PaymentKind::Debit)?,
+                listed: j.blacklisted(&num, &id, &day)?,
+                spent: j.card_day_total(&id, &day)?,
+            })
+        })
+        .map_err(jerr)
+}
+
+fn limits(ctx: &Ctx, spent: i64, amount: u32) -> Result<(), ApiError> {
     let l = &ctx.config.limits;
     if u64::from(amount) > l.per_transaction_fen {
         return Err(ApiError::kind(
@@ -399,11 +424,6 @@ fn limits(ctx: &Ctx, rec: &PolicyRecords, amount: u32) -> Result<(), ApiError> {
         )
         .with(json!({"limit_fen": l.per_transaction_fen})));
     }
-    let (id, day) = (rec.card_id.to_hex(), Local::now().date_naive().to_string());
-    let spent = ctx
-        .journal
-        .call_blocking(move |j| j.card_day_total(&id, &day))
-        .map_err(jerr)?;
     let spent = u64::try_from(spent).unwrap_or(0);
     if spent + u64::from(amount) > l.per_card_per_day_fen {
         return Err(ApiError::kind(
@@ -637,23 +657,19 @@ fn debit_card(
     req: DebitRequest,
 ) -> Result<Paid, ApiError> {
     as_shown(k, req.card_id.as_ref())?;
-    let order = req.order_id.clone();
+    let st = standing(ctx, &req.order_id, k.rec())?;
     // a repeat that raced with the first (two readers, or two clients)
-    if let Some(p) = ctx
-        .journal
-        .call_blocking(move |j| j.payment(&order, PaymentKind::Debit))
-        .map_err(jerr)?
-    {
+    if let Some(p) = st.existing {
         if p.amount_fen != i64::from(req.amount) {
             return Err(duplicate(&p));
         }
         reread(tx, k)?;
         return repeat(tx, ctx, k.rec(), p).map(Paid::recorded);
     }
-    check_card(tx, ctx, k)?;
+    check_card(tx, ctx, k, st.listed)?;
     let rec = k.rec().clone();
     let rec = &rec;
-    limits(ctx, rec, req.amount)?;
+    limits(ctx, st.spent, req.amount)?;
     app::verify_pin(tx, &req.pin).map_err(|e| from_driver(&e))?;
     let when = now();
     ctx.keys.with(&ctx.journal, |keys| {
