@@ -138,29 +138,28 @@ fn on_card<T>(
             Ok(t) => t,
             Err(e) => return (String::new(), Err(e)),
         };
-        let known = match (src, cached) {
-            (Source::Cached, Some(mut p)) => match app::select_application(&mut tx) {
-                Ok(sel) => {
-                    p.policy.blocked = sel.blocked;
-                    if sel.blocked {
-                        p.genuine = Some(false);
-                    }
-                    Ok(Known {
-                        p,
-                        fresh: false,
-                        forget: false,
-                    })
-                }
+        // SELECT's word on the application's state agrees with the cache, or the card
+        // is read again (only a write or a reset changes it, and both drop the cache)
+        let cached = match (src, cached) {
+            (Source::Cached, Some(p)) => match app::select_application(&mut tx) {
+                Ok(sel) if sel.blocked == p.policy.blocked => Ok(Some(p)),
+                Ok(_) => Ok(None),
                 Err(e) => Err(drv(e)),
             },
-            (_, cached) => match app::read_policy(&mut tx) {
-                // the same card as cached: what else is known of it stands
+            (_, cached) => Ok(cached),
+        };
+        let known = match (src, cached) {
+            (_, Err(e)) => Err(e),
+            (Source::Cached, Ok(Some(p))) => Ok(Known {
+                p,
+                fresh: false,
+                forget: false,
+            }),
+            (_, Ok(cached)) => match app::read_policy(&mut tx) {
+                // the card as cached: what else is known of it stands
                 Ok(policy) => Ok(Known {
                     p: match cached {
-                        Some(mut p) if p.policy.card_id == policy.card_id => {
-                            p.policy = policy;
-                            p
-                        }
+                        Some(p) if p.policy == policy => p,
                         _ => Presentation::of(policy),
                     },
                     fresh: true,
