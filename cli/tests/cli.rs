@@ -162,7 +162,7 @@ fn audit_verify_finds_a_changed_entry() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("journal.db");
     {
-        let mut j = sscard_daemon::journal::Journal::open(&db).unwrap();
+        let mut j = sscard_journal::Journal::open(&db).unwrap();
         for i in 0..3 {
             j.audit(
                 "2026-11-23T10:00:00+08:00",
@@ -193,7 +193,7 @@ fn audit_verify_finds_a_changed_entry() {
 
 #[test]
 fn audit_verify_lists_deleted_entries_and_edited_payments() {
-    use sscard_daemon::journal::{Journal, Payment, PaymentKind, PaymentStatus};
+    use sscard_journal::{Journal, Payment, PaymentKind, PaymentStatus};
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("journal.db");
     {
@@ -302,7 +302,7 @@ fn backup_of_a_running_daemon_holds_its_payments_and_keeps_the_retention() {
         .read_line(&mut first)
         .unwrap();
     assert!(first.starts_with("socket: "), "{first}");
-    let count = || sscard_daemon::backup::list(&backups).unwrap().len();
+    let count = || sscard_journal::backup::list(&backups).unwrap().len();
     // no backup yet: the weekly schedule takes one at start
     for _ in 0..100 {
         if count() == 1 {
@@ -326,7 +326,7 @@ fn backup_of_a_running_daemon_holds_its_payments_and_keeps_the_retention() {
     assert_eq!(p["result"]["status"], "completed", "{p}");
 
     // a backup 100 weeks old goes; the one from the start stays
-    let old = backups.join(sscard_daemon::backup::file_name(weeks_ago(100)));
+    let old = backups.join(sscard_journal::backup::file_name(weeks_ago(100)));
     std::fs::write(&old, b"old").unwrap();
     let (code, out, err) = sscard(&["backup", "--config", conf.to_str().unwrap()]);
     assert_eq!(code, 0, "{err}");

@@ -41,8 +41,9 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
-/// The default configuration file.
-pub const DEFAULT_PATH: &str = "/etc/sscard/sscardd.toml";
+/// The default configuration file, the journal's default path and the `[backup]`
+/// section are shared with `sscard backup` from `sscard-journal`.
+pub use sscard_journal::config::{BackupConfig, DEFAULT_JOURNAL, DEFAULT_PATH};
 
 /// An operator. Tokens are stored as their SHA-256 (hex), never in clear: tokens are
 /// random secrets of at least 128 bits handed out by the admin, so a fast hash cannot
@@ -103,40 +104,6 @@ pub enum KeysConfig {
     Psam { reader: String },
     /// The test master keys of `vectors.json` (only with `test_mode`).
     Test,
-}
-
-/// Scheduled journal backups (carried out by the backup module).
-#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct BackupConfig {
-    /// `daily`, `weekly` or `off`.
-    #[serde(default = "weekly", deserialize_with = "schedule")]
-    pub schedule: String,
-    #[serde(default = "backup_dir")]
-    pub dir: PathBuf,
-    /// Backups older than this many weeks are deleted (the newest one never is).
-    #[serde(default = "retention", deserialize_with = "positive_u32")]
-    pub retention_weeks: u32,
-}
-
-fn weekly() -> String {
-    "weekly".into()
-}
-fn backup_dir() -> PathBuf {
-    PathBuf::from("/var/lib/sscard/backup")
-}
-fn retention() -> u32 {
-    26
-}
-
-impl Default for BackupConfig {
-    fn default() -> Self {
-        BackupConfig {
-            schedule: weekly(),
-            dir: backup_dir(),
-            retention_weeks: retention(),
-        }
-    }
 }
 
 /// Upload of completed payments to the settlement centre (carried out by the upload
@@ -308,7 +275,7 @@ fn mode() -> u32 {
     0o660
 }
 fn journal() -> PathBuf {
-    PathBuf::from("/var/lib/sscard/journal.db")
+    PathBuf::from(DEFAULT_JOURNAL)
 }
 fn wait() -> u64 {
     10_000
@@ -348,13 +315,6 @@ fn positive<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
 
 fn positive_usize<'de, D: serde::Deserializer<'de>>(d: D) -> Result<usize, D::Error> {
     match usize::deserialize(d)? {
-        0 => Err(serde::de::Error::custom("must be positive")),
-        v => Ok(v),
-    }
-}
-
-fn positive_u32<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
-    match u32::deserialize(d)? {
         0 => Err(serde::de::Error::custom("must be positive")),
         v => Ok(v),
     }
@@ -411,16 +371,6 @@ fn sha256_hex<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::Error
         ));
     }
     Ok(s.to_ascii_lowercase())
-}
-
-fn schedule<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::Error> {
-    let s = String::deserialize(d)?;
-    match s.as_str() {
-        "daily" | "weekly" | "off" => Ok(s),
-        _ => Err(serde::de::Error::custom(format!(
-            "{s:?}: daily, weekly or off"
-        ))),
-    }
 }
 
 fn url<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::Error> {

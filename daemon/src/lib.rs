@@ -18,13 +18,16 @@
 //!                       ReaderSource: PC/SC (pcscd) or simulated
 //! ```
 //!
-//! Modules: [`config`] (TOML), [`journal`] (the database and `verify_chain`, also used
-//! by `sscard audit verify`), [`server`] and [`frame`] (JSON-RPC over lines),
+//! Modules: [`config`] (TOML), [`journal`] (the `sscard-journal` crate, which `sscard
+//! audit verify` and `sscard backup` share, re-exported, and the blacklist file's
+//! parser), [`server`] and [`frame`] (JSON-RPC over lines),
 //! [`session`] and [`methods`] (roles and the method table), [`readers`] (reader tasks
 //! and sources), [`ops`] (debits, refunds, recovery and policy), [`keys`] (keystore,
 //! PSAM or test keys), [`daemon`] (start and shutdown), [`error`] (the error kinds and
 //! the one mapping from driver errors), [`upload`] (completed payments to the
-//! settlement centre) and [`backup`] (online journal backups and their retention).
+//! settlement centre) and [`backup`] (the schedule of the journal's online backups,
+//! which are `sscard_journal::backup`). Simulated readers hold the cards of
+//! `sscard-emulator`.
 #![forbid(unsafe_code)]
 
 pub mod backup;

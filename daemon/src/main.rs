@@ -11,7 +11,7 @@ use sscard_daemon::readers::sim::SimControl;
 use sscard_daemon::readers::source::ReaderSource;
 use sscard_daemon::session::Role;
 use sscard_daemon::{Daemon, Options};
-use sscard_firmware_tests::card::EmulatedCard;
+use sscard_emulator::card::EmulatedCard;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 

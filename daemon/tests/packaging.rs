@@ -1,7 +1,8 @@
-//! The systemd files in `packaging/systemd/`, checked by systemd's own tools: the unit
-//! verifies cleanly (no unknown keys), the sysusers file makes the user and group, the
-//! tmpfiles file makes the directories with their modes, and the unit's paths agree with
-//! the daemon's defaults.
+//! What ships: the systemd files in `packaging/systemd/`, checked by systemd's own
+//! tools (the unit verifies cleanly, no unknown keys; the sysusers file makes the user
+//! and group; the tmpfiles file makes the directories with their modes; the unit's paths
+//! agree with the daemon's defaults), and the crates `sscardd` and `sscard` link
+//! (`cargo tree`): the emulator without the test bed, the journal without the daemon.
 
 use sscard_daemon::config::{BackupConfig, Config, DEFAULT_PATH};
 use std::os::unix::fs::MetadataExt;
@@ -132,4 +133,126 @@ fn sysusers_and_tmpfiles_make_the_user_and_the_directories() {
         assert_eq!(m.mode() & 0o7777, mode, "{dir}");
         assert_eq!((m.uid(), m.gid()), (owner, gid), "{dir}");
     }
+}
+
+/// The workspace's root, where `cargo tree` runs.
+fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// The packages that `package` links when built to ship: `cargo tree -e normal` (no
+/// dev- or build-dependencies), down to `depth` levels (all when `None`), by name.
+fn linked(package: &str, depth: Option<u32>) -> Vec<String> {
+    // the cargo running this test, else the one that built it, else the one on PATH
+    let cargo = std::env::var_os("CARGO")
+        .or_else(|| option_env!("CARGO").map(Into::into))
+        .unwrap_or_else(|| "cargo".into());
+    let mut cmd = Command::new(cargo);
+    cmd.current_dir(workspace())
+        .args(["tree", "--offline", "-e", "normal", "--prefix", "none"])
+        .args(["-p", package]);
+    if let Some(d) = depth {
+        cmd.args(["--depth", &d.to_string()]);
+    }
+    let out = cmd.output().expect("cargo tree");
+    assert!(
+        out.status.success(),
+        "cargo tree -p {package}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut names: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .map(str::to_string)
+        .collect();
+    names.sort();
+    names.dedup();
+    names
+}
+
+/// The workspace's own crates among `names`.
+fn ours(names: &[String]) -> Vec<&str> {
+    names
+        .iter()
+        .map(String::as_str)
+        .filter(|n| n.starts_with("sscard-"))
+        .collect()
+}
+
+#[test]
+fn sscardd_links_the_emulator_not_the_test_bed() {
+    let d = linked("sscard-daemon", None);
+    let ours = ours(&d);
+    for c in ["sscard-driver", "sscard-emulator", "sscard-journal"] {
+        assert!(
+            d.contains(&c.to_string()),
+            "sscard-daemon without {c}: {ours:?}"
+        );
+    }
+    assert!(
+        !d.contains(&"sscard-firmware-tests".to_string()),
+        "sscardd links the test bed: {ours:?}"
+    );
+}
+
+#[test]
+fn sscard_links_the_journal_not_the_daemon() {
+    let c = linked("sscard-cli", None);
+    let ours = ours(&c);
+    assert!(c.contains(&"sscard-journal".to_string()), "{ours:?}");
+    for not in ["sscard-daemon", "sscard-firmware-tests", "sscard-emulator"] {
+        assert!(
+            !c.contains(&not.to_string()),
+            "sscard links {not}: {ours:?}"
+        );
+    }
+}
+
+#[test]
+fn the_emulator_has_no_unsafe_code_and_no_libc() {
+    let direct = linked("sscard-emulator", Some(1));
+    assert!(direct.contains(&"sscard-driver".to_string()), "{direct:?}");
+    for not in ["libc", "sscard-firmware-tests", "tokio"] {
+        assert!(
+            !direct.contains(&not.to_string()),
+            "sscard-emulator depends on {not}: {direct:?}"
+        );
+    }
+    for lib in [
+        "emulator/src/lib.rs",
+        "journal/src/lib.rs",
+        "daemon/src/lib.rs",
+    ] {
+        let text = std::fs::read_to_string(workspace().join(lib)).unwrap();
+        assert!(
+            text.lines().any(|l| l.trim() == "#![forbid(unsafe_code)]"),
+            "{lib} does not forbid unsafe code"
+        );
+    }
+    // nothing in the emulator starts a process or opens a socket
+    for f in walk(&workspace().join("emulator/src")) {
+        let text = std::fs::read_to_string(&f).unwrap();
+        for what in [
+            "process::Command",
+            "Command::new(",
+            "TcpStream",
+            "UnixStream",
+        ] {
+            assert!(!text.contains(what), "{} uses {what}", f.display());
+        }
+    }
+}
+
+/// The `.rs` files under `dir`.
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else if p.extension().is_some_and(|x| x == "rs") {
+            out.push(p);
+        }
+    }
+    out
 }

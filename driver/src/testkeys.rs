@@ -1,13 +1,16 @@
 //! The test master keys K1 of `shared/spec/vectors.json`, for tests, demos, the
-//! emulator and `--simulate` only. They are read from the contract file at build time
-//! (never pasted into code), and a production configuration refuses them
-//! ([`is_test_key`]).
+//! emulator and `--simulate` only. They are read at build time from the crate's copy of
+//! the contract file, `driver/vectors.json` (never pasted into code; a test checks that
+//! the copy equals `shared/spec/vectors.json` whenever the specs sit beside the
+//! repository), and a production configuration refuses them ([`is_test_key`]).
 
 use crate::crypto;
 use crate::keys::{CardKeys, Key16, KeyPurpose};
 use crate::types::{CardId, Region};
 
-const VECTORS: &str = include_str!("../../../shared/spec/vectors.json");
+/// `driver/vectors.json`: a copy of `shared/spec/vectors.json` inside the crate, so that
+/// it builds and packages without the sibling folder.
+const VECTORS: &str = include_str!("../vectors.json");
 
 /// The national master key K1 of each purpose (test set).
 pub struct MasterKeys {
@@ -35,8 +38,7 @@ impl MasterKeys {
 /// The test master keys. Panics only if the contract file shipped with the source is
 /// malformed, which the build's own tests catch.
 pub fn test_master_keys() -> MasterKeys {
-    let v: serde_json::Value =
-        serde_json::from_str(VECTORS).expect("shared/spec/vectors.json is JSON");
+    let v: serde_json::Value = serde_json::from_str(VECTORS).expect("driver/vectors.json is JSON");
     let keys = KeyPurpose::ALL
         .iter()
         .map(|p| {
@@ -51,8 +53,7 @@ pub fn test_master_keys() -> MasterKeys {
 
 /// The test transport batch key K_MANUF (§9), for blank emulated cards.
 pub fn test_manufacturer_key() -> Key16 {
-    let v: serde_json::Value =
-        serde_json::from_str(VECTORS).expect("shared/spec/vectors.json is JSON");
+    let v: serde_json::Value = serde_json::from_str(VECTORS).expect("driver/vectors.json is JSON");
     Key16::from_hex(v["transport_key"]["K_MANUF"].as_str().unwrap_or_default())
         .expect("vectors.json K_MANUF is hex")
 }
@@ -78,5 +79,25 @@ mod tests {
         let k3 = set.k3(KeyPurpose::Purchase, region);
         assert!(is_test_key(&k3, region));
         assert!(!is_test_key(&Key16::from_bytes([7; 16]), region));
+    }
+
+    /// The crate's copy is the contract's file, byte for byte, wherever the specs are
+    /// beside the repository (`../shared/spec/`); a packaged crate has only its copy.
+    #[test]
+    fn the_copy_of_the_vectors_is_the_contract_file() {
+        let spec =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/spec/vectors.json");
+        match std::fs::read(&spec) {
+            Ok(bytes) => assert!(
+                bytes == VECTORS.as_bytes(),
+                "driver/vectors.json differs from {}: copy it again",
+                spec.display()
+            ),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => eprintln!(
+                "note: no {}: the copy in driver/vectors.json is not compared",
+                spec.display()
+            ),
+            Err(e) => panic!("{}: {e}", spec.display()),
+        }
     }
 }

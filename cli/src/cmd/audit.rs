@@ -33,7 +33,7 @@ pub fn run(a: Args, out: &Printer) -> Result<(), CliError> {
             format!("{}: no such journal", journal.display()),
         ));
     }
-    let v = sscard_daemon::journal::verify(&journal).map_err(|e| CliError::new(5, e))?;
+    let v = sscard_journal::verify(&journal).map_err(|e| CliError::new(5, e))?;
     if v.findings.is_empty() {
         let head = v
             .head

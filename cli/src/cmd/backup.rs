@@ -1,12 +1,13 @@
 //! `sscard backup`: an online backup of the daemon's journal now, with the daemon
 //! running or not, then the retention of the configuration (docs/operations.md,
 //! "Backups"). The journal, the directory and the retention come from the daemon's
-//! configuration unless given.
+//! configuration unless given: only its `journal` key and `[backup]` section are read
+//! (`sscard_journal::config::JournalFiles`), the rest of the file is the daemon's.
 
 use crate::exit::CliError;
 use crate::print::Printer;
-use sscard_daemon::backup::{self, BackupError};
-use sscard_daemon::config::{BackupConfig, Config, DEFAULT_PATH};
+use sscard_journal::backup::{self, BackupError};
+use sscard_journal::config::{BackupConfig, JournalFiles, DEFAULT_PATH};
 use std::path::PathBuf;
 
 #[derive(clap::Args)]
@@ -32,7 +33,7 @@ pub fn run(a: Args, out: &Printer) -> Result<(), CliError> {
         (None, Some(_), Some(_)) => None,
         (c, _, _) => {
             let path = c.clone().unwrap_or_else(|| PathBuf::from(DEFAULT_PATH));
-            Some(Config::load(&path).map_err(|e| CliError::new(5, e))?)
+            Some(JournalFiles::load(&path).map_err(|e| CliError::new(5, e.to_string()))?)
         }
     };
     let mut cfg = config

@@ -496,7 +496,7 @@ async fn futures_join(tasks: Vec<tokio::task::JoinHandle<()>>) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use sscard_firmware_tests::card::EmulatedCard;
+    use sscard_emulator::card::EmulatedCard;
 
     async fn readers_with(sim: &sim::SimControl) -> Arc<Readers> {
         let (tx, _) = broadcast::channel(16);

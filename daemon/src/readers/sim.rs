@@ -4,8 +4,8 @@
 
 use super::source::{Connector, LivePresence, ReaderSource, SourceEvent};
 use sscard_driver::transport::{CardTransport, TransportError};
-use sscard_firmware_tests::sim::{SimReader, SimSlot};
-use sscard_firmware_tests::VirtualCard;
+use sscard_emulator::sim::{SimReader, SimSlot};
+use sscard_emulator::VirtualCard;
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -173,7 +173,7 @@ impl ReaderSource for SimSource {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use sscard_firmware_tests::card::EmulatedCard;
+    use sscard_emulator::card::EmulatedCard;
 
     fn names(ev: &[SourceEvent]) -> Vec<String> {
         ev.iter().map(|e| format!("{e:?}")).collect()

@@ -47,7 +47,7 @@ fn files_are_0640_whatever_the_umask() {
     child(
         &["env"],
         r#"umask 000 && exec "$0" "$@""#,
-        "journal::fs_tests::modes_under_umask_000",
+        "fs_tests::modes_under_umask_000",
         dir.path(),
     );
 }
@@ -86,7 +86,7 @@ fn a_full_disk_fails_the_probe_and_the_audit() {
     child(
         &["unshare", "-m", "--propagation", "private"],
         r#"mount -t tmpfs -o size=1m sscard-test "$SSCARD_JOURNAL_TEST_DIR" && exec "$0" "$@""#,
-        "journal::fs_tests::full_disk_in_a_tmpfs",
+        "fs_tests::full_disk_in_a_tmpfs",
         dir.path(),
     );
     // the tmpfs lived in the child's namespace only

@@ -1,5 +1,6 @@
 //! An in-process reader holding a virtual card: a [`CardTransport`] for unit tests and
-//! the daemon's `--simulate` mode. The real tests go through pcscd (`crate::vpcd`).
+//! the daemon's `--simulate` mode. The real tests go through pcscd
+//! (`sscard_firmware_tests::vpcd`).
 //!
 //! The card sits behind an `Arc<Mutex<…>>` ([`SimSlot`]) so a test (or the daemon) can
 //! insert and remove it, or turn its knobs, while a reader holds the transport. The slot
