@@ -67,8 +67,8 @@ impl WireTime {
         if self.bit_rate == 0 {
             return Duration::ZERO;
         }
-        let nanos = n as u128 * u128::from(self.etu_per_byte) * 1_000_000_000
-            / u128::from(self.bit_rate);
+        let nanos =
+            n as u128 * u128::from(self.etu_per_byte) * 1_000_000_000 / u128::from(self.bit_rate);
         Duration::from_nanos(u64::try_from(nanos).unwrap_or(u64::MAX))
     }
 
@@ -175,6 +175,10 @@ pub fn serve_connection(
     wire: &WireTime,
 ) -> io::Result<Ended> {
     s.set_nodelay(true)?;
+    // the ATR after a power-on or reset travels the wire; vpcd also asks for the ATR
+    // to poll the card's presence (about every 400 ms), which a real reader answers
+    // from its own state: those answers leave at once
+    let mut atr_on_wire = false;
     loop {
         let frame = match read_frame(s) {
             Ok(f) => f,
@@ -184,11 +188,19 @@ pub fn serve_connection(
         let read_at = Instant::now();
         match frame.as_slice() {
             [0x00] => card.power_off(),
-            [0x01] => card.power_on(),
-            [0x02] => card.reset(),
+            [0x01] => {
+                card.power_on();
+                atr_on_wire = true;
+            }
+            [0x02] => {
+                card.reset();
+                atr_on_wire = true;
+            }
             [0x04] => {
                 let atr = card.atr();
-                wait_until(read_at + wire.atr(atr.len()));
+                if std::mem::take(&mut atr_on_wire) {
+                    wait_until(read_at + wire.atr(atr.len()));
+                }
                 write_frame(s, &atr)?
             }
             [_] => tracing::debug!("unknown vpcd control {:02X}", frame[0]),
@@ -321,7 +333,11 @@ impl Presence {
 /// Read control lines (`remove`, `insert`) from `input` until its end, answering each on
 /// `out` with `ok remove` / `ok insert` once done. Other lines get an `error …` line;
 /// the card keeps being served as it is when the input ends.
-pub fn control(presence: &Presence, mut input: impl BufRead, mut out: impl Write) -> io::Result<()> {
+pub fn control(
+    presence: &Presence,
+    mut input: impl BufRead,
+    mut out: impl Write,
+) -> io::Result<()> {
     let mut line = Vec::new();
     loop {
         line.clear();
@@ -521,6 +537,10 @@ mod tests {
         write_frame(&mut v, &[0x04]).unwrap();
         let atr = read_frame(&mut v).unwrap();
         assert!(t.elapsed() >= CARD_SPEED.atr(atr.len()));
+        // a second ATR request is a presence poll: answered from the reader's state
+        // (no lower bound to check; it just must answer)
+        write_frame(&mut v, &[0x04]).unwrap();
+        assert_eq!(read_frame(&mut v).unwrap(), atr);
         let t = Instant::now();
         write_frame(&mut v, &hex::decode("80CA000108").unwrap()).unwrap();
         assert_eq!(read_frame(&mut v).unwrap().len(), 10);
