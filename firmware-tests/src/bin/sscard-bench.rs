@@ -8,7 +8,7 @@
 //!   through the driver's PC/SC backend;
 //! - `--raw`: the baseline of issue 9, APDUs sent raw through the `pcsc` crate, one PC/SC
 //!   transaction per sequence: the national read-then-pay sequence (19 commands) and the
-//!   five-APDU payment, interleaved; medians and p90, and a `raw …` line of
+//!   five-APDU payment, interleaved; medians and p90, and a `result …` line of
 //!   `key=value` fields for `sscardd-bench`.
 
 use clap::Parser;
@@ -314,7 +314,7 @@ fn raw(a: &Args) -> Result<(), String> {
         d5.len()
     );
     println!(
-        "raw r19_median_ms={:.3} r19_p90_ms={:.3} r19_commands={} r19_get_responses={} \
+        "result r19_median_ms={:.3} r19_p90_ms={:.3} r19_commands={} r19_get_responses={} \
          r5_median_ms={:.3} r5_p90_ms={:.3} r5_commands={} r5_get_responses={} rounds={}",
         q(&d19, 0.5),
         q(&d19, 0.9),
