@@ -42,7 +42,7 @@ struct Args {
     #[arg(long)]
     bin_dir: Option<PathBuf>,
     /// The test bed's two readers, in vpcd port order.
-    #[arg(long = "reader", num_args = 2, default_values = ["sscard 0 00 00", "sscard 0 00 01"])]
+    #[arg(long = "reader", default_values = ["sscard 0 00 00", "sscard 0 00 01"])]
     readers: Vec<String>,
     /// vpcd port of the first reader (default: $SSCARD_VPCD_BASE_PORT, else 40000).
     #[arg(long)]
@@ -497,7 +497,13 @@ impl Client {
             p["card_id"] = json!(id);
         }
         let t = Instant::now();
-        let v = self.call("pay.debit", p)?;
+        let v = self.call("pay.debit", p).map_err(|e| {
+            if e.contains("card_id") && !ctx.a.no_card_id {
+                format!("{e} (a daemon without API 1.1's card_id: pass --no-card-id)")
+            } else {
+                e
+            }
+        })?;
         let d = t.elapsed();
         if v["status"] != "completed" {
             return Err(format!("payment not completed: {v}"));
@@ -987,6 +993,10 @@ fn print_summary(ctx: &Ctx, s: &Summary) {
 
 fn main() {
     let a = Args::parse();
+    if a.readers.len() != SERIALS.len() {
+        eprintln!("sscardd-bench: --reader: give the test bed's two readers (or none)");
+        std::process::exit(2);
+    }
     if std::env::var_os("SSCARD_PCSCD").is_none() {
         eprintln!("sscardd-bench: run inside scripts/with-pcscd (scripts/bench does)");
         std::process::exit(2);
