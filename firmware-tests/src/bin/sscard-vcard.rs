@@ -6,9 +6,10 @@ use sscard_driver::testkeys::test_manufacturer_key;
 use sscard_firmware_tests::card::{AtrChoice, EmulatedCard, Knobs, Personalization};
 use sscard_firmware_tests::perso::{Chip, IssueFactory};
 use sscard_firmware_tests::psam::Psam;
-use sscard_firmware_tests::vpcd::{serve, BridgeOptions};
+use sscard_firmware_tests::vpcd::{control, serve_with, BridgeOptions, Presence, WireTime};
 use sscard_firmware_tests::VirtualCard;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 #[derive(Parser)]
@@ -67,6 +68,21 @@ struct Args {
     /// Initial balance of the default card, in fen.
     #[arg(long)]
     balance: Option<u32>,
+    /// Answer at a real card's speed: the line's bit rate (etu a second, e.g. 9600);
+    /// 0 = answer at once. See docs/emulator.md, "Wire time".
+    #[arg(long, default_value_t = 0)]
+    bit_rate: u32,
+    /// Etu a byte takes on the line (with --bit-rate).
+    #[arg(long, default_value_t = 12)]
+    etu_per_byte: u32,
+    /// The card's processing time a command, in milliseconds (default 2 with
+    /// --bit-rate, else 0).
+    #[arg(long)]
+    processing_ms: Option<u64>,
+    /// Read `remove` / `insert` lines on stdin, each answered `ok remove` / `ok insert`
+    /// on stdout once done (the end of stdin leaves the card as it is).
+    #[arg(long)]
+    control_stdin: bool,
 }
 
 fn fail(msg: String) -> ! {
@@ -94,6 +110,18 @@ fn knobs(a: &Args) -> Knobs {
         delay_ms: a.delay_ms,
         tear,
         mute: a.mute,
+    }
+}
+
+fn wire(a: &Args) -> WireTime {
+    if a.etu_per_byte == 0 {
+        fail("--etu-per-byte: at least 1".into());
+    }
+    let default_processing = if a.bit_rate > 0 { 2 } else { 0 };
+    WireTime {
+        bit_rate: a.bit_rate,
+        etu_per_byte: a.etu_per_byte,
+        processing: Duration::from_millis(a.processing_ms.unwrap_or(default_processing)),
     }
 }
 
@@ -175,8 +203,19 @@ fn main() {
     opts.reinsert_after = Duration::from_millis(a.reinsert_ms);
     opts.tear_hold = Duration::from_millis(a.tear_hold_ms);
     opts.tear_signal = a.tear_signal.clone();
+    opts.wire = wire(&a);
+    let presence = Arc::new(Presence::default());
+    if a.control_stdin {
+        let p = presence.clone();
+        std::thread::spawn(move || {
+            if let Err(e) = control(&p, std::io::stdin().lock(), std::io::stdout()) {
+                tracing::warn!("control on stdin: {e}; the card stays as it is");
+            }
+        });
+    }
     let mut announced = false;
-    serve(card.as_mut(), &opts, || {
+    // never stopped: serves until the process is killed
+    serve_with(card.as_mut(), &opts, &presence, || {
         if !announced {
             println!("sscard-vcard: serving {what} on 127.0.0.1:{}", a.port);
             announced = true;
