@@ -291,10 +291,12 @@ fn migrate_to_2(db: &mut Connection, fresh: bool) -> JResult<()> {
 /// Record a pending payment's outcome inside `tx` (see [`Journal::settle`]).
 fn settle_in(tx: &rusqlite::Transaction<'_>, p: &Payment) -> JResult<bool> {
     let rowid: Option<i64> = tx
-        .query_row(
+        .prepare_cached(
             "UPDATE payments SET status=?3, tac=?4, counter=?5, balance_before_fen=?6,
                    balance_after_fen=?7, settled=?8
                  WHERE order_id=?1 AND kind=?2 AND status='pending' RETURNING rowid",
+        )?
+        .query_row(
             params![
                 p.order_id,
                 p.kind,
@@ -416,7 +418,8 @@ impl Journal {
     pub fn reserve_seq(&mut self) -> JResult<u32> {
         let stored: i64 = self
             .db
-            .query_row("SELECT next FROM sequence WHERE id=1", [], |r| r.get(0))?;
+            .prepare_cached("SELECT next FROM sequence WHERE id=1")?
+            .query_row([], |r| r.get(0))?;
         let n = self.seq_next.map_or(stored, |m| m.max(stored));
         let seq = u32::try_from(n).map_err(|_| rusqlite::Error::IntegralValueOutOfRange(0, n))?;
         self.seq_next = Some(n + 1);
@@ -426,11 +429,10 @@ impl Journal {
     /// The payment of an order (`kind` `debit` or `refund`).
     pub fn payment(&self, order_id: &str, kind: PaymentKind) -> JResult<Option<Payment>> {
         self.db
-            .query_row(
-                &format!("SELECT {COLS} FROM payments WHERE order_id=?1 AND kind=?2"),
-                params![order_id, kind],
-                row,
-            )
+            .prepare_cached(&format!(
+                "SELECT {COLS} FROM payments WHERE order_id=?1 AND kind=?2"
+            ))?
+            .query_row(params![order_id, kind], row)
             .optional()
     }
 
@@ -441,13 +443,12 @@ impl Journal {
     pub fn insert(&self, p: &Payment) -> JResult<()> {
         let tx = self.db.unchecked_transaction()?;
         if let Some(next) = self.seq_next {
-            tx.execute("UPDATE sequence SET next=MAX(next, ?1) WHERE id=1", [next])?;
+            tx.prepare_cached("UPDATE sequence SET next=MAX(next, ?1) WHERE id=1")?
+                .execute([next])?;
         }
-        let pno: i64 = tx.query_row(
-            "UPDATE payments_written SET n=n+1 WHERE id=1 RETURNING n",
-            [],
-            |r| r.get(0),
-        )?;
+        let pno: i64 = tx
+            .prepare_cached("UPDATE payments_written SET n=n+1 WHERE id=1 RETURNING n")?
+            .query_row([], |r| r.get(0))?;
         tx.prepare_cached(&format!(
             "INSERT INTO payments({COLS}, day, created, pno)
              VALUES(?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12,?13,?14,?15,?16,?17,?18)"
@@ -499,12 +500,12 @@ impl Journal {
     /// Sum of a card's debits on a day that are completed or pending (a pending one
     /// may have happened).
     pub fn card_day_total(&self, card_id: &str, day: &str) -> JResult<i64> {
-        self.db.query_row(
-            "SELECT COALESCE(SUM(amount_fen),0) FROM payments
-             WHERE card_id=?1 AND day=?2 AND kind='debit' AND status!='failed'",
-            params![card_id, day],
-            |r| r.get(0),
-        )
+        self.db
+            .prepare_cached(
+                "SELECT COALESCE(SUM(amount_fen),0) FROM payments
+                 WHERE card_id=?1 AND day=?2 AND kind='debit' AND status!='failed'",
+            )?
+            .query_row(params![card_id, day], |r| r.get(0))
     }
 
     /// Every payment of a day, in time order.
@@ -622,11 +623,10 @@ impl Journal {
         today: &str,
     ) -> JResult<Option<String>> {
         self.db
-            .query_row(
+            .prepare_cached(
                 "SELECT reason FROM blacklist WHERE card IN (?1, ?2) AND (until IS NULL OR until >= ?3)",
-                params![card_number, card_id, today],
-                |r| r.get(0),
-            )
+            )?
+            .query_row(params![card_number, card_id, today], |r| r.get(0))
             .optional()
     }
 
