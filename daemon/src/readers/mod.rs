@@ -2,10 +2,9 @@
 //! reader queue to that task in arrival order and wait at most the configured limit for
 //! their turn (then `READER_BUSY`).
 //!
-//! A job is a closure run with `&mut dyn CardTransport`, so card operations are plain
-//! blocking functions. The reader task hands its transport to a blocking thread for the
-//! duration of each job (PC/SC calls block) and takes it back after, so one job runs at a
-//! time per reader and nothing interleaves with it. Once a job has started it runs to the
+//! A job is a closure run with the reader's [`Card`], so card operations are plain
+//! blocking functions. The reader task is a thread of its own (PC/SC calls block) that
+//! runs one job at a time, so nothing interleaves with it. Once a job has started it runs to the
 //! end, whatever happens to the caller (a client that disconnects mid-debit does not cut
 //! the debit short).
 //!
@@ -234,20 +233,23 @@ impl Slot {
     }
 }
 
-async fn reader_task(
+/// The reader's task: a thread of its own (from tokio's blocking pool, for as long as
+/// the reader is there) that takes jobs in order and runs each on the card, so a job
+/// starts with one wake-up and PC/SC calls block only this reader.
+fn reader_task(
     name: String,
     connector: Box<dyn Connector>,
     shared: Arc<Shared>,
     mut jobs: mpsc::UnboundedReceiver<Job>,
 ) {
-    let mut slot = Some(Slot {
+    let mut slot = Slot {
         connector,
         transport: None,
         cache: None,
         changes_seen: shared.changes.load(Ordering::SeqCst),
         shared: shared.clone(),
-    });
-    while let Some(job) = jobs.recv().await {
+    };
+    while let Some(job) = jobs.blocking_recv() {
         let started = job
             .state
             .compare_exchange(WAITING, STARTED, Ordering::SeqCst, Ordering::SeqCst)
@@ -258,31 +260,13 @@ async fn reader_task(
         if !job.background {
             shared.waiting.fetch_sub(1, Ordering::SeqCst);
         }
-        let Some(mut s) = slot.take() else { break };
-        let r = tokio::task::spawn_blocking(move || {
-            let run = job.run;
-            let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                s.run(run);
-            }));
-            if outcome.is_err() {
-                // the caller sees its answer channel dropped; start afresh
-                s.transport = None;
-                s.cache = None;
-            }
-            (s, outcome.is_err())
-        })
-        .await;
-        match r {
-            Ok((s, panicked)) => {
-                if panicked {
-                    tracing::error!(reader = %name, "a card job panicked");
-                }
-                slot = Some(s);
-            }
-            Err(e) => {
-                tracing::error!(reader = %name, "reader task lost its transport: {e}");
-                break;
-            }
+        let run = job.run;
+        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| slot.run(run)));
+        if outcome.is_err() {
+            // the caller sees its answer channel dropped; start afresh
+            tracing::error!(reader = %name, "a card job panicked");
+            slot.transport = None;
+            slot.cache = None;
         }
     }
     tracing::debug!(reader = %name, "reader task ends");
@@ -359,7 +343,8 @@ impl Readers {
                     changes: AtomicU64::new(0),
                     waiting: AtomicUsize::new(0),
                 });
-                let task = tokio::spawn(reader_task(name.clone(), connector, shared.clone(), rx));
+                let (n, sh) = (name.clone(), shared.clone());
+                let task = tokio::task::spawn_blocking(move || reader_task(n, connector, sh, rx));
                 if let Ok(mut t) = self.tasks.lock() {
                     t.retain(|h| !h.is_finished());
                     t.push(task);
