@@ -10,8 +10,8 @@
 //!    as soon as the daemon reports a card inserted, `card.read` one second after an
 //!    insertion, and payments/s on one reader and on two;
 //! 2. fast cards (no wire time): the raw baseline again, P_cached, the durable journal
-//!    commits a debit makes (counted with `strace` on the daemon's journal, or given with
-//!    `--durable-commits`), the time of one durable commit on the journal's filesystem
+//!    commits a debit makes (counted by the daemon, `system.health.journal_commits`, or
+//!    given with `--durable-commits`), the time of one durable commit on the journal's filesystem
 //!    (a WAL SQLite database with `synchronous=FULL` in the journal's directory, one tiny
 //!    transaction), and ten clients on two readers.
 //!
@@ -22,7 +22,7 @@
 use clap::Parser;
 use serde_json::{json, Value};
 use sscard_driver::transport::pcsc::PcscContext;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
@@ -75,10 +75,10 @@ struct Args {
     /// `card.read` + `pay.debit` pairs with the fast card.
     #[arg(long, default_value_t = 200)]
     fast_payments: usize,
-    /// Debits traced to count the durable journal commits.
+    /// Debits counted to find the durable journal commits of one.
     #[arg(long, default_value_t = 20)]
     commit_payments: usize,
-    /// Durable commits a debit makes, instead of counting them with strace.
+    /// Durable commits a debit makes, instead of counting them.
     #[arg(long)]
     durable_commits: Option<f64>,
     /// Concurrent clients on the two fast readers (last round).
@@ -660,75 +660,78 @@ fn load(ctx: &Ctx, d: &Daemon, readers: &[String], clients: usize, n: usize) -> 
     Ok((stat(all), per_s))
 }
 
-/// Count the durable commits (fsync/fdatasync of the journal or its WAL) `n` debits make,
-/// with strace attached to the daemon: per debit.
-fn count_commits(ctx: &Ctx, d: &Daemon, c: &mut Client, reader: &str, n: usize) -> R<f64> {
+/// Count the durable commits `n` debits make, per debit: the daemon's own count
+/// (`system.health.journal_commits`, every commit but the unsynced write probes) before
+/// and after.
+fn count_commits(ctx: &Ctx, c: &mut Client, reader: &str, n: usize) -> R<f64> {
     let (id, _) = c.read(reader)?;
-    let log = ctx.dir.join("strace.log");
-    let mut st = Command::new("strace")
-        .args(["-f", "-qq", "-y", "-e", "trace=fsync,fdatasync", "-o"])
-        .arg(&log)
-        .args(["-p", &d.child.id().to_string()])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| format!("strace: {e} (or pass --durable-commits N)"))?;
-    // let strace attach to every thread
-    std::thread::sleep(Duration::from_secs(1));
-    let paid: R<()> = (0..n).try_for_each(|i| {
-        c.debit(ctx, reader, ctx.order("commits", i), Some(&id))
-            .map(|_| ())
-    });
-    std::thread::sleep(Duration::from_millis(300));
-    let _ = Command::new("kill")
-        .args(["-INT", &st.id().to_string()])
-        .status();
-    let status = st.wait().map_err(|e| format!("strace: {e}"))?;
-    paid?;
-    let text = std::fs::read_to_string(&log).map_err(|e| format!("strace log: {e}"))?;
-    let db = format!("{}>", d.journal.display());
-    let wal = format!("{}-wal>", d.journal.display());
-    let syncs = text
-        .lines()
-        .filter(|l| l.contains("sync(") && (l.contains(&db) || l.contains(&wal)))
-        .count();
-    if syncs == 0 {
-        let mut err = String::new();
-        if let Some(mut e) = st.stderr.take() {
-            let _ = e.read_to_string(&mut err);
-        }
-        return Err(format!(
-            "strace ({status}) saw no journal sync: {} (or pass --durable-commits N)",
-            err.trim()
-        ));
+    let commits = |c: &mut Client| -> R<u64> {
+        c.call("system.health", json!({}))?["journal_commits"]
+            .as_u64()
+            .ok_or_else(|| {
+                "system.health has no journal_commits (or pass --durable-commits N)".into()
+            })
+    };
+    let before = commits(c)?;
+    for i in 0..n {
+        c.debit(ctx, reader, ctx.order("commits", i), Some(&id))?;
     }
-    Ok(syncs as f64 / n as f64)
+    let after = commits(c)?;
+    Ok(after.saturating_sub(before) as f64 / n as f64)
 }
 
-/// The time of one durable commit on the journal's filesystem: a tiny transaction in a
-/// WAL database with synchronous=FULL beside the journal.
-fn commit_time(dir: &Path, n: usize) -> R<Stat> {
-    let e = |e: rusqlite::Error| format!("commit probe: {e}");
-    let db = rusqlite::Connection::open(dir.join("commit-probe.db")).map_err(e)?;
-    db.execute_batch(
-        "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL;
-         CREATE TABLE IF NOT EXISTS t(id INTEGER PRIMARY KEY, n INTEGER NOT NULL);
-         INSERT OR IGNORE INTO t VALUES (1, 0);",
-    )
-    .map_err(e)?;
-    let mut st = db
-        .prepare("UPDATE t SET n = n + 1 WHERE id = 1")
-        .map_err(e)?;
-    let mut v = Vec::with_capacity(n);
+/// The time of one durable commit of a debit, on the journal's filesystem, by the
+/// journal's own code: `n` debits' two commits (the pending row with its terminal
+/// sequence, `Journal::insert`; the outcome with its audit entry,
+/// `Journal::audit_settling`) on a journal of its own beside the daemon's, each timed;
+/// the mean of the two medians.
+fn commit_time(dir: &Path, n: usize) -> R<(Stat, Stat, f64)> {
+    use sscard_daemon::journal::{Journal, Payment, PaymentKind, PaymentStatus};
+    let e = |e: rusqlite::Error| format!("commit timing: {e}");
+    let path = dir.join("commit-timing.db");
+    let mut j = Journal::open(&path).map_err(e)?;
+    let (mut ins, mut fin) = (Vec::with_capacity(n), Vec::with_capacity(n));
     for i in 0..n + 5 {
+        let seq = j.reserve_seq().map_err(e)?;
+        let mut p = Payment {
+            order_id: format!("timing-{i}"),
+            txn_id: format!("650200000001-{seq:08}"),
+            kind: PaymentKind::Debit,
+            status: PaymentStatus::Pending,
+            card_id: "650200D1560000050011223344556677".into(),
+            card_number: "A65020001".into(),
+            amount_fen: 1,
+            balance_before_fen: 100_000,
+            balance_after_fen: 99_999,
+            counter: i64::from(seq),
+            terminal_id: "650200000001".into(),
+            terminal_seq: i64::from(seq),
+            time: chrono::Local::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, false),
+            tac: String::new(),
+            operator: "bench".into(),
+        };
         let t = Instant::now();
-        st.execute([]).map_err(e)?;
+        j.insert(&p).map_err(e)?;
+        let t_ins = t.elapsed();
+        p.status = PaymentStatus::Completed;
+        p.tac = "01020304".into();
+        let now = chrono::Local::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, false);
+        let t = Instant::now();
+        j.audit_settling(&now, "bench", "pay.debit", "r", "A65020001", "ok", Some(&p))
+            .map_err(e)?;
+        let t_fin = t.elapsed();
         if i >= 5 {
-            v.push(t.elapsed());
+            ins.push(t_ins);
+            fin.push(t_fin);
         }
     }
-    Ok(stat(v))
+    drop(j);
+    for f in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{f}", path.display()));
+    }
+    let (ins, fin) = (stat(ins), stat(fin));
+    let mean = (ins.median + fin.median) / 2.0;
+    Ok((ins, fin, mean))
 }
 
 // ---------------------------------------------------------------------------------------
@@ -746,7 +749,9 @@ struct Summary {
     /// Durable commits a debit makes; none when they could not be counted.
     commits: Option<f64>,
     commits_counted: bool,
-    t_commit: Stat,
+    /// One durable commit of a debit (mean of the two), with the two timed apart.
+    t_commit: f64,
+    t_commits: (Stat, Stat),
     load: (Stat, f64),
 }
 
@@ -816,7 +821,7 @@ fn run(ctx: &Ctx) -> R<Summary> {
     println!("  pay.debit after card.read (P_cached): {p_fast}");
     let (commits, commits_counted) = match a.durable_commits {
         Some(n) => (Some(n), false),
-        None => match count_commits(ctx, &d, &mut c, r0, a.commit_payments) {
+        None => match count_commits(ctx, &mut c, r0, a.commit_payments) {
             Ok(n) => (Some(n), true),
             Err(e) => {
                 eprintln!("sscardd-bench: durable commits not counted: {e}");
@@ -825,12 +830,12 @@ fn run(ctx: &Ctx) -> R<Summary> {
         },
     };
     let journal_dir = d.journal.parent().unwrap_or(&ctx.dir).to_path_buf();
-    let t_commit = commit_time(&journal_dir, 200)?;
+    let (t_insert, t_settle, t_commit) = commit_time(&journal_dir, 200)?;
     println!(
-        "  durable journal commits a debit: {}{}; one durable commit: {t_commit}",
+        "  durable journal commits a debit: {}{}; the journal's own: pending row {t_insert}, outcome and audit entry {t_settle}",
         commits.map_or("not counted".into(), |n| format!("{n:.2}")),
         if commits_counted {
-            " (fsyncs, strace)"
+            " (counted: system.health.journal_commits)"
         } else {
             " (given)"
         }
@@ -858,6 +863,7 @@ fn run(ctx: &Ctx) -> R<Summary> {
         commits,
         commits_counted,
         t_commit,
+        t_commits: (t_insert, t_settle),
         load,
     })
 }
@@ -868,7 +874,7 @@ fn print_summary(ctx: &Ctx, s: &Summary) {
     let overhead = s.p_fast.median - s.fast.r5;
     let budget = s
         .commits
-        .map_or(f64::NAN, |n| n * s.t_commit.median + 0.1 * s.fast.r19);
+        .map_or(f64::NAN, |n| n * s.t_commit + 0.1 * s.fast.r19);
     let card_id = if a.no_card_id {
         "without card_id"
     } else {
@@ -963,15 +969,26 @@ fn print_summary(ctx: &Ctx, s: &Summary) {
         "",
     );
     row(
+        "fast card: a debit's commits, timed apart: pending row / outcome + audit entry",
+        format!(
+            "{} / {}",
+            ms(s.t_commits.0.median),
+            ms(s.t_commits.1.median)
+        ),
+        format!("{} / {}", ms(s.t_commits.0.p90), ms(s.t_commits.1.p90)),
+        String::new(),
+        "",
+    );
+    row(
         &format!(
             "fast card: budget = {} durable commits{} × {} + 10 % of R19",
             s.commits.map_or("?".into(), |n| format!("{n:.2}")),
             match (s.commits, s.commits_counted) {
-                (None, _) => " (not counted: strace missing? --durable-commits N)",
+                (None, _) => " (not counted: --durable-commits N)",
                 (Some(_), true) => " (counted)",
                 (Some(_), false) => " (given)",
             },
-            ms(s.t_commit.median)
+            ms(s.t_commit)
         ),
         ms(budget),
         String::new(),
