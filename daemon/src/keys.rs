@@ -33,13 +33,13 @@ pub enum KeySource {
 }
 
 /// Terminal sequence numbers reserved in the journal (durable with the payment row
-/// that carries them, before DEBIT: `Journal::reserve_seq`).
+/// that carries them, before DEBIT: `JournalHandle::reserve_seq`).
 struct JournalSequence(JournalHandle);
 
 impl SequenceSource for JournalSequence {
     fn next(&mut self) -> Result<u32, KeyError> {
         self.0
-            .call_blocking(|j| j.reserve_seq())
+            .reserve_seq()
             .map_err(|e| KeyError::Sequence(e.to_string()))
     }
 }

@@ -835,10 +835,7 @@ fn refund_card(
     app::verify_pin(tx, &req.pin).map_err(|e| from_driver(&e))?;
     let before = app::balance(tx).map_err(|e| from_driver(&e))?;
     // durable with the pending row below (it names the refund, and no card sees it)
-    let seq = ctx
-        .journal
-        .call_blocking(|j| j.reserve_seq())
-        .map_err(jerr)?;
+    let seq = ctx.journal.reserve_seq().map_err(jerr)?;
     let when = now();
     let tid = ctx.keys.terminal_id().to_hex();
     let mut p = Payment {

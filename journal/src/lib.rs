@@ -75,9 +75,6 @@ pub type JResult<T> = Result<T, rusqlite::Error>;
 /// The open journal.
 pub struct Journal {
     db: Connection,
-    /// The next terminal sequence number [`Journal::reserve_seq`] hands out (held in
-    /// memory; durable with the next payment row).
-    seq_next: Option<i64>,
     /// Commits of this connection (SQLite's commit hook) and, of those, the unsynced
     /// probes: the difference is the durable commits, each a disk flush.
     commits: std::sync::Arc<std::sync::atomic::AtomicU64>,
@@ -347,7 +344,6 @@ impl Journal {
         }));
         Ok(Journal {
             db,
-            seq_next: None,
             commits,
             probes: 0,
         })
@@ -410,20 +406,12 @@ impl Journal {
         u32::try_from(n).map_err(|_| rusqlite::Error::IntegralValueOutOfRange(0, n))
     }
 
-    /// Reserve a terminal sequence number in memory, with no commit of its own: it
-    /// becomes durable with the next payment row ([`Journal::insert`] writes the
-    /// reservation mark in the same transaction), and that row is durable before any
-    /// command carrying the number goes to a card (DEBIT). A number reserved and never
-    /// followed by a row never left the terminal, so after a crash it may come again.
-    pub fn reserve_seq(&mut self) -> JResult<u32> {
-        let stored: i64 = self
-            .db
+    /// The next terminal sequence number no payment row has used: where
+    /// [`JournalHandle::reserve_seq`] starts.
+    pub fn stored_next_seq(&self) -> JResult<i64> {
+        self.db
             .prepare_cached("SELECT next FROM sequence WHERE id=1")?
-            .query_row([], |r| r.get(0))?;
-        let n = self.seq_next.map_or(stored, |m| m.max(stored));
-        let seq = u32::try_from(n).map_err(|_| rusqlite::Error::IntegralValueOutOfRange(0, n))?;
-        self.seq_next = Some(n + 1);
-        Ok(seq)
+            .query_row([], |r| r.get(0))
     }
 
     /// The payment of an order (`kind` `debit` or `refund`).
@@ -437,15 +425,14 @@ impl Journal {
     }
 
     /// Write a new payment (normally `pending`, before the card command), numbered
-    /// and anchored to the chain head, with the terminal sequence numbers reserved so
-    /// far ([`Journal::reserve_seq`]) in the same commit. Fails on a second row for the
-    /// same order and kind.
+    /// and anchored to the chain head, with its terminal sequence number made durable in
+    /// the same commit (the stored next number moves past it: reserved in memory by
+    /// [`JournalHandle::reserve_seq`], it is never handed out again). Fails on a second
+    /// row for the same order and kind.
     pub fn insert(&self, p: &Payment) -> JResult<()> {
         let tx = self.db.unchecked_transaction()?;
-        if let Some(next) = self.seq_next {
-            tx.prepare_cached("UPDATE sequence SET next=MAX(next, ?1) WHERE id=1")?
-                .execute([next])?;
-        }
+        tx.prepare_cached("UPDATE sequence SET next=MAX(next, ?1) WHERE id=1")?
+            .execute([p.terminal_seq.saturating_add(1)])?;
         let pno: i64 = tx
             .prepare_cached("UPDATE payments_written SET n=n+1 WHERE id=1 RETURNING n")?
             .query_row([], |r| r.get(0))?;
@@ -751,30 +738,24 @@ mod tests {
     }
 
     #[test]
-    fn reserved_sequences_become_durable_with_the_next_payment_row() {
+    fn a_rows_sequence_is_durable_with_it_and_the_outcome_with_its_audit_entry() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("j.db");
-        let mut j = Journal::open(&path).unwrap();
-        let c0 = j.durable_commits();
-        assert_eq!((j.reserve_seq().unwrap(), j.reserve_seq().unwrap()), (1, 2));
-        assert_eq!(j.durable_commits(), c0, "a reservation commits nothing");
-        drop(j);
-        // a crash before any row: the numbers never left the terminal and come again
-        let mut j = Journal::open(&path).unwrap();
-        let n = j.reserve_seq().unwrap();
-        assert_eq!(n, 1);
+        let j = Journal::open(&path).unwrap();
+        assert_eq!(j.stored_next_seq().unwrap(), 1);
         let mut p = payment("A", 100, PaymentStatus::Pending);
-        p.terminal_seq = i64::from(n);
+        p.terminal_seq = 5;
         let c1 = j.durable_commits();
         j.insert(&p).unwrap();
-        assert_eq!(
-            j.durable_commits(),
-            c1 + 1,
-            "row and reservation: one commit"
-        );
+        assert_eq!(j.durable_commits(), c1 + 1, "row and sequence: one commit");
         drop(j);
         let mut j = Journal::open(&path).unwrap();
-        assert_eq!(j.reserve_seq().unwrap(), 2, "never reused after the row");
+        assert_eq!(j.stored_next_seq().unwrap(), 6, "never handed out again");
+        // a lower number (another reader's, inserted later) does not move it back
+        let mut q = payment("B", 100, PaymentStatus::Pending);
+        q.terminal_seq = 4;
+        j.insert(&q).unwrap();
+        assert_eq!(j.stored_next_seq().unwrap(), 6);
         // the outcome with the call's audit entry: one commit, anchored to that entry
         let mut done = p.clone();
         done.status = PaymentStatus::Completed;

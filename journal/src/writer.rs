@@ -7,7 +7,7 @@
 //! database and every later call fails with [`JournalError::Closed`].
 
 use super::{JResult, Journal};
-use std::sync::mpsc;
+use std::sync::{mpsc, Arc, Mutex};
 use std::thread::JoinHandle;
 
 /// Why a journal call failed.
@@ -30,11 +30,14 @@ enum Request {
 #[derive(Clone)]
 pub struct JournalHandle {
     tx: mpsc::Sender<Request>,
+    /// The next terminal sequence number to hand out ([`JournalHandle::reserve_seq`]).
+    seq: Arc<Mutex<i64>>,
 }
 
 impl JournalHandle {
     /// Start the thread owning `journal`.
     pub fn spawn(journal: Journal) -> std::io::Result<(JournalHandle, JoinHandle<()>)> {
+        let next = journal.stored_next_seq().map_err(std::io::Error::other)?;
         let (tx, rx) = mpsc::channel::<Request>();
         let thread = std::thread::Builder::new()
             .name("journal".into())
@@ -55,7 +58,27 @@ impl JournalHandle {
                     }
                 }
             })?;
-        Ok((JournalHandle { tx }, thread))
+        Ok((
+            JournalHandle {
+                tx,
+                seq: Arc::new(Mutex::new(next)),
+            },
+            thread,
+        ))
+    }
+
+    /// Reserve a terminal sequence number, in memory (no commit, no wait for the
+    /// journal thread): it becomes durable with the payment row that carries it
+    /// ([`Journal::insert`]), and that row is durable before any command carrying the
+    /// number goes to a card (DEBIT). A number reserved and never followed by its row
+    /// never left the terminal, so after a crash it may come again.
+    pub fn reserve_seq(&self) -> Result<u32, JournalError> {
+        let mut g = self.seq.lock().unwrap_or_else(|p| p.into_inner());
+        let n = *g;
+        let seq = u32::try_from(n)
+            .map_err(|_| JournalError::Db(rusqlite::Error::IntegralValueOutOfRange(0, n)))?;
+        *g = n + 1;
+        Ok(seq)
     }
 
     /// Run `f` on the journal thread and await its answer.
@@ -132,5 +155,49 @@ mod tests {
         // the WAL was folded back: the file alone holds the data
         let j = Journal::open(&dir.path().join("j.db")).unwrap();
         j.check().unwrap();
+    }
+
+    #[tokio::test]
+    async fn reserved_sequences_are_durable_only_with_their_row() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("j.db");
+        let start = |path: &std::path::Path| JournalHandle::spawn(Journal::open(path).unwrap());
+        let (h, thread) = start(&path).unwrap();
+        let c0 = h.call(|j| Ok(j.durable_commits())).await.unwrap();
+        assert_eq!((h.reserve_seq().unwrap(), h.reserve_seq().unwrap()), (1, 2));
+        let c1 = h.call(|j| Ok(j.durable_commits())).await.unwrap();
+        assert_eq!(c1, c0, "a reservation commits nothing");
+        h.close().await;
+        drop(h);
+        thread.join().unwrap();
+        // a crash before any row: the numbers never left the terminal and come again
+        let (h, thread) = start(&path).unwrap();
+        let n = h.reserve_seq().unwrap();
+        assert_eq!(n, 1);
+        let p = crate::Payment {
+            order_id: "A".into(),
+            txn_id: format!("650200000001-{n:08}"),
+            kind: crate::PaymentKind::Debit,
+            status: crate::PaymentStatus::Pending,
+            card_id: "C".into(),
+            card_number: "A1".into(),
+            amount_fen: 1,
+            balance_before_fen: 2,
+            balance_after_fen: 1,
+            counter: 0,
+            terminal_id: "650200000001".into(),
+            terminal_seq: i64::from(n),
+            time: "2026-11-23T10:00:00+08:00".into(),
+            tac: String::new(),
+            operator: "li".into(),
+        };
+        let row = p.clone();
+        h.call(move |j| j.insert(&row)).await.unwrap();
+        h.close().await;
+        drop(h);
+        thread.join().unwrap();
+        let (h, _thread) = start(&path).unwrap();
+        assert_eq!(h.reserve_seq().unwrap(), 2, "never again after its row");
+        h.close().await;
     }
 }

@@ -690,9 +690,10 @@ fn commit_time(dir: &Path, n: usize) -> R<(Stat, Stat, f64)> {
     let e = |e: rusqlite::Error| format!("commit timing: {e}");
     let path = dir.join("commit-timing.db");
     let mut j = Journal::open(&path).map_err(e)?;
+    let first = u32::try_from(j.stored_next_seq().map_err(e)?).unwrap_or(1);
     let (mut ins, mut fin) = (Vec::with_capacity(n), Vec::with_capacity(n));
     for i in 0..n + 5 {
-        let seq = j.reserve_seq().map_err(e)?;
+        let seq = first.saturating_add(i as u32);
         let mut p = Payment {
             order_id: format!("timing-{i}"),
             txn_id: format!("650200000001-{seq:08}"),
