@@ -132,11 +132,10 @@ fn on_card<T>(
     src: Source,
     f: impl FnOnce(&mut Transaction<'_>, &mut Known) -> Result<T, ApiError>,
 ) -> Seen<T> {
-    let cached = card.cached().cloned();
     let (known, r) = {
-        let mut tx = match begin(card) {
+        let (mut tx, cached) = match card.open() {
             Ok(t) => t,
-            Err(e) => return (String::new(), Err(e)),
+            Err(e) => return (String::new(), Err(from_driver(&e))),
         };
         // SELECT's word on the application's state agrees with the cache, or the card
         // is read again (only a write or a reset changes it, and both drop the cache)
@@ -242,6 +241,7 @@ fn genuine_of(tx: &mut Transaction<'_>, ctx: &Ctx, rec: &PolicyRecords) -> Resul
 /// from the presentation cache when it holds the whole card (no command to the card),
 /// else read whole in one transaction and remembered.
 pub fn read_card(card: &mut Card<'_>, ctx: &Ctx) -> Seen<Value> {
+    card.confirm();
     if let Some(p) = card.cached() {
         if let (Some(r), Some(g)) = (&p.record, p.genuine) {
             return (r.card_number.clone(), Ok(card_json(r, g)));
@@ -271,15 +271,14 @@ pub fn read_card(card: &mut Card<'_>, ctx: &Ctx) -> Seen<Value> {
 /// as soon as a caller's job waits for the reader (a payment then needs only its five
 /// commands, or the few records still missing).
 pub fn prefetch(card: &mut Card<'_>, ctx: &Ctx, waiting: &Waiting) {
-    if card
-        .cached()
-        .is_some_and(|p| p.record.is_some() && p.genuine.is_some())
-    {
-        return;
-    }
     let mut known: Option<Presentation> = None;
     {
-        let Ok(mut tx) = begin(card) else { return };
+        let Ok((mut tx, cached)) = card.open() else {
+            return;
+        };
+        if cached.is_some_and(|p| p.record.is_some() && p.genuine.is_some()) {
+            return;
+        }
         let steps = (|| -> Result<(), ApiError> {
             let policy = app::read_policy(&mut tx).map_err(drv)?;
             let p = known.insert(Presentation::of(policy));

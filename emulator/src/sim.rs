@@ -13,8 +13,9 @@
 //! transactions the reader follows whatever card is in the slot, unless
 //! [`SimReader::require_reconnect`] makes it behave like a PC/SC card handle: then, once
 //! it has talked to a card, a card removed and inserted again (or a torn card put back)
-//! makes `begin` fail with `CardRemoved` and `status` report no card until
-//! [`CardTransport::reset`] reconnects, as `SCARD_W_REMOVED_CARD` does through pcscd.
+//! makes `status` report no card until [`CardTransport::reset`] reconnects, as
+//! `SCARD_W_REMOVED_CARD` does through pcscd, and `begin` takes the new card up and says
+//! so ([`RawTransaction::new_presentation`]), as the PC/SC backend does.
 
 use crate::{Reply, VirtualCard};
 use sscard_driver::atr::Atr;
@@ -174,24 +175,24 @@ impl<C: VirtualCard + ?Sized> SimReader<C> {
         &self.slot
     }
 
-    /// Connect to the card in the slot, or say why not (see the module doc).
-    fn connect(&mut self) -> Result<u64, TransportError> {
+    /// Connect to the card in the slot, or say why not (see the module doc): the
+    /// insertion it talks to, and whether a PC/SC-like reader had to take up a card
+    /// inserted since it last talked to one (a new presentation).
+    fn connect(&mut self) -> Result<(u64, bool), TransportError> {
         let s = self.slot.lock();
-        let stale = self.strict && self.connected.is_some_and(|g| g != s.generation);
-        if s.card.is_none() || stale {
-            return Err(match self.connected {
-                Some(_) if self.strict => TransportError::CardRemoved,
-                _ => TransportError::NoCard,
-            });
+        if s.card.is_none() {
+            return Err(TransportError::NoCard);
         }
+        let stale = self.strict && self.connected.is_some_and(|g| g != s.generation);
         self.connected = Some(s.generation);
-        Ok(s.generation)
+        Ok((s.generation, stale))
     }
 }
 
 struct SimTransaction<'a, C: VirtualCard + ?Sized> {
     slot: &'a SimSlot<C>,
     generation: u64,
+    new_presentation: bool,
 }
 
 impl<C: VirtualCard + ?Sized> RawTransaction for SimTransaction<'_, C> {
@@ -215,6 +216,10 @@ impl<C: VirtualCard + ?Sized> RawTransaction for SimTransaction<'_, C> {
             }
         }
     }
+
+    fn new_presentation(&self) -> bool {
+        self.new_presentation
+    }
 }
 
 impl<C: VirtualCard + ?Sized> CardTransport for SimReader<C> {
@@ -223,10 +228,11 @@ impl<C: VirtualCard + ?Sized> CardTransport for SimReader<C> {
     }
 
     fn begin(&mut self) -> Result<Box<dyn RawTransaction + '_>, TransportError> {
-        let generation = self.connect()?;
+        let (generation, new_presentation) = self.connect()?;
         Ok(Box::new(SimTransaction {
             slot: &self.slot,
             generation,
+            new_presentation,
         }))
     }
 

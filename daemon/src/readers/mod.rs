@@ -169,19 +169,27 @@ struct Slot {
     /// [`Shared::changes`] when the cache was last known good.
     changes_seen: u64,
     shared: Arc<Shared>,
+    /// The last job ended with a transport error (or none ran yet): look at the
+    /// connection before the next one.
+    suspect: bool,
 }
 
 impl Slot {
-    /// The connected card: the current connection if its card is still there (the same
-    /// presentation: the cache stands), else the card taken up again after it was
-    /// removed or reset (`SCARD_W_REMOVED_CARD` / `SCARD_W_RESET_CARD`), else a new
-    /// connection; in both of those the cache is dropped, as it is when the source
-    /// reported the card inserted or removed since the last job.
+    /// The connected card. The cache is dropped when the source reported the card
+    /// inserted or removed since the last job. After a job that ended well the
+    /// connection is used as it is: a card removed or reset meanwhile shows at the next
+    /// transaction, which takes it up again and drops the cache
+    /// ([`Card::open`]). After a transport error the connection is looked at first: kept
+    /// if its card is still there, else the card taken up again (`SCARD_W_REMOVED_CARD`
+    /// / `SCARD_W_RESET_CARD`), else a new connection, the cache dropped in both.
     fn ensure(&mut self) -> Result<(), TransportError> {
         let changes = self.shared.changes.load(Ordering::SeqCst);
         if changes != self.changes_seen {
             self.cache = None;
             self.changes_seen = changes;
+        }
+        if self.transport.is_some() && !self.suspect {
+            return Ok(());
         }
         let same = match self.transport.as_mut() {
             Some(t) => match t.status() {
@@ -199,6 +207,7 @@ impl Slot {
             self.transport = None;
             self.transport = Some(self.connector.connect()?);
         }
+        self.suspect = false;
         Ok(())
     }
 
@@ -225,6 +234,7 @@ impl Slot {
         if failed || wrote {
             *cache = None;
         }
+        self.suspect = failed;
         if wrote {
             if let Err(e) = t.reset() {
                 tracing::debug!("reset after a card write: {e}");
@@ -248,6 +258,7 @@ fn reader_task(
         cache: None,
         changes_seen: shared.changes.load(Ordering::SeqCst),
         shared: shared.clone(),
+        suspect: true,
     };
     while let Some(job) = jobs.blocking_recv() {
         let started = job

@@ -18,7 +18,7 @@
 
 use sscard_driver::app::{CardRecord, PolicyRecords};
 use sscard_driver::transport::{
-    Capabilities, CardStatus, CardTransport, RawTransaction, TransportError,
+    Capabilities, CardStatus, CardTransport, RawTransaction, Transaction, TransportError,
 };
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -87,12 +87,57 @@ impl<'a> Card<'a> {
         }
     }
 
-    /// What is known of this presentation (none after anything invalidated it).
+    /// What is known of this presentation (none after anything invalidated it), as of
+    /// the last word from the reader: to answer from it with no command to the card,
+    /// [`Card::confirm`] first; [`Card::open`] gives it with the transaction that
+    /// confirms it.
     pub fn cached(&self) -> Option<&Presentation> {
         if self.failed.load(Ordering::Relaxed) || self.wrote.load(Ordering::Relaxed) {
             return None;
         }
         self.cache.as_ref()
+    }
+
+    /// Ask the reader (one call, no command to the card) whether the card is still
+    /// there and was not reset: if not, the cache is dropped.
+    pub fn confirm(&mut self) {
+        match self.transport.status() {
+            Ok(s) if s.present => {}
+            _ => *self.cache = None,
+        }
+    }
+
+    /// Begin a transaction, with what is known of the presentation it is on: nothing
+    /// when the transport found the card removed and inserted, or reset, since the last
+    /// job ([`RawTransaction::new_presentation`]; the cache is dropped).
+    pub fn open(&mut self) -> Result<(Transaction<'_>, Option<Presentation>), TransportError> {
+        let Card {
+            transport,
+            cache,
+            failed,
+            wrote,
+        } = self;
+        let raw = match transport.begin() {
+            Ok(r) => r,
+            Err(e) => {
+                failed.store(true, Ordering::Relaxed);
+                return Err(e);
+            }
+        };
+        if raw.new_presentation() {
+            **cache = None;
+        }
+        let known = if failed.load(Ordering::Relaxed) || wrote.load(Ordering::Relaxed) {
+            None
+        } else {
+            cache.clone()
+        };
+        let watched = Watched {
+            raw,
+            failed: &*failed,
+            wrote: &*wrote,
+        };
+        Ok((Transaction::from_raw(Box::new(watched)), known))
     }
 
     /// Remember what was read of this presentation.
@@ -148,6 +193,10 @@ impl RawTransaction for Watched<'_> {
         }
         r
     }
+
+    fn new_presentation(&self) -> bool {
+        self.raw.new_presentation()
+    }
 }
 
 impl CardTransport for Card<'_> {
@@ -158,16 +207,21 @@ impl CardTransport for Card<'_> {
     fn begin(&mut self) -> Result<Box<dyn RawTransaction + '_>, TransportError> {
         let Card {
             transport,
+            cache,
             failed,
             wrote,
-            ..
         } = self;
         match transport.begin() {
-            Ok(raw) => Ok(Box::new(Watched {
-                raw,
-                failed: &*failed,
-                wrote: &*wrote,
-            })),
+            Ok(raw) => {
+                if raw.new_presentation() {
+                    **cache = None;
+                }
+                Ok(Box::new(Watched {
+                    raw,
+                    failed: &*failed,
+                    wrote: &*wrote,
+                }))
+            }
             Err(e) => {
                 failed.store(true, Ordering::Relaxed);
                 Err(e)

@@ -89,13 +89,24 @@ pub struct Capabilities {
 pub trait RawTransaction {
     /// Send one command APDU's bytes and return the response APDU's bytes, as is.
     fn transmit_raw(&mut self, command: &[u8]) -> Result<Vec<u8>, TransportError>;
+    /// Whether beginning this transaction found the card removed and inserted again, or
+    /// reset, since the handle's last use (PC/SC: `SCARD_W_REMOVED_CARD` /
+    /// `SCARD_W_RESET_CARD`) and took it up again: the transaction is on a new
+    /// presentation of the card, and whatever was known of the old one is not to be
+    /// trusted.
+    fn new_presentation(&self) -> bool {
+        false
+    }
 }
 
 /// A connected card.
 pub trait CardTransport: Send {
     /// A human name of the reader (slot) the card sits in.
     fn reader_name(&self) -> String;
-    /// Begin a transaction: exclusive access until the returned value is dropped.
+    /// Begin a transaction: exclusive access until the returned value is dropped. A
+    /// card removed and inserted again, or reset, since the last transaction is taken up
+    /// again (without another reset) and the transaction says so
+    /// ([`RawTransaction::new_presentation`]); no card is [`TransportError::NoCard`].
     fn begin(&mut self) -> Result<Box<dyn RawTransaction + '_>, TransportError>;
     /// Current presence, ATR and protocol.
     fn status(&mut self) -> Result<CardStatus, TransportError>;

@@ -351,6 +351,7 @@ pub struct PcscCard {
 struct PcscTransaction<'a> {
     tx: pcsc::Transaction<'a>,
     buf: Vec<u8>,
+    new_presentation: bool,
 }
 
 impl RawTransaction for PcscTransaction<'_> {
@@ -360,6 +361,10 @@ impl RawTransaction for PcscTransaction<'_> {
             .transmit(command, &mut self.buf)
             .map_err(map_error)?;
         Ok(r.to_vec())
+    }
+
+    fn new_presentation(&self) -> bool {
+        self.new_presentation
     }
 }
 
@@ -376,11 +381,28 @@ impl CardTransport for PcscCard {
     }
 
     fn begin(&mut self) -> Result<Box<dyn RawTransaction + '_>, TransportError> {
-        let tx = self.card.transaction().map_err(map_error)?;
-        Ok(Box::new(PcscTransaction {
-            tx,
-            buf: vec![0u8; pcsc::MAX_BUFFER_SIZE_EXTENDED],
-        }))
+        let buf = vec![0u8; pcsc::MAX_BUFFER_SIZE_EXTENDED];
+        match self.card.transaction2() {
+            Ok(tx) => Ok(Box::new(PcscTransaction {
+                tx,
+                buf,
+                new_presentation: false,
+            })),
+            // pcsc-lite marks every handle of the reader at a removal or a reset
+            // (whoever caused it) and answers that at the handle's next call: take the
+            // card there now up again, as it is (no second reset for everyone else)
+            Err((card, pcsc::Error::RemovedCard | pcsc::Error::ResetCard)) => {
+                card.reconnect(self.share, self.protocols, pcsc::Disposition::LeaveCard)
+                    .map_err(map_error)?;
+                let tx = card.transaction().map_err(map_error)?;
+                Ok(Box::new(PcscTransaction {
+                    tx,
+                    buf,
+                    new_presentation: true,
+                }))
+            }
+            Err((_, e)) => Err(map_error(e)),
+        }
     }
 
     fn status(&mut self) -> Result<CardStatus, TransportError> {

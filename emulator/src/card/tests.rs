@@ -7,7 +7,7 @@ use sscard_driver::apdu::ResponseApdu;
 use sscard_driver::atr::Atr;
 use sscard_driver::crypto::PurchaseContext;
 use sscard_driver::testkeys::{test_manufacturer_key, test_master_keys};
-use sscard_driver::transport::{CardTransport, Protocol};
+use sscard_driver::transport::{CardTransport, Protocol, RawTransaction};
 use sscard_driver::transport::{Transaction, TransportError};
 
 fn h(s: &str) -> Vec<u8> {
@@ -716,19 +716,20 @@ fn reset_power_cycles_and_a_new_card_needs_reconnecting() {
     let card = r.slot().remove().unwrap();
     assert!(matches!(
         Transaction::begin(&mut r).err(),
-        Some(TransportError::CardRemoved)
+        Some(TransportError::NoCard)
     ));
     assert!(!r.status().unwrap().present);
     assert!(matches!(r.reset(), Err(TransportError::NoCard)));
-    // put back: stale until the reader reconnects, as through PC/SC
+    // put back: stale until the reader takes it up, as through PC/SC; a transaction
+    // does, and says it is on a new presentation
     r.slot().insert(card);
-    assert!(matches!(
-        Transaction::begin(&mut r).err(),
-        Some(TransportError::CardRemoved)
-    ));
     assert!(!r.status().unwrap().present);
-    r.reset().unwrap();
+    {
+        let raw = r.begin().unwrap();
+        assert!(raw.new_presentation());
+    }
     assert!(r.status().unwrap().present);
+    assert!(!r.begin().unwrap().new_presentation(), "the same one now");
     let mut tx = Transaction::begin(&mut r).unwrap();
     assert!(send(&mut tx, SELECT).sw.is_ok());
     drop(tx);
