@@ -86,17 +86,24 @@ impl JournalHandle {
         &self,
         f: impl FnOnce(&mut Journal) -> JResult<R> + Send + 'static,
     ) -> Result<R, JournalError> {
+        self.submit(f).await.unwrap_or(Err(JournalError::Closed))
+    }
+
+    /// Queue `f` on the journal thread and return at once: its answer comes on the
+    /// receiver, which async code awaits and blocking code waits on
+    /// (`blocking_recv`). Calls run in the order they were queued.
+    pub fn submit<R: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Journal) -> JResult<R> + Send + 'static,
+    ) -> tokio::sync::oneshot::Receiver<Result<R, JournalError>> {
         let (otx, orx) = tokio::sync::oneshot::channel();
         let work: Work = Box::new(move |j| {
-            let _ = otx.send(f(j));
+            let _ = otx.send(f(j).map_err(JournalError::Db));
         });
-        self.tx
-            .send(Request::Run(work))
-            .map_err(|_| JournalError::Closed)?;
-        match orx.await {
-            Ok(r) => r.map_err(JournalError::Db),
-            Err(_) => Err(JournalError::Closed),
-        }
+        // if the thread is gone the work is dropped with its sender, and the receiver
+        // reads that as closed
+        let _ = self.tx.send(Request::Run(work));
+        orx
     }
 
     /// Run `f` on the journal thread and wait for its answer (from blocking code only:

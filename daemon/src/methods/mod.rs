@@ -5,7 +5,9 @@
 //! call: operator check → refusal of notifications → role check → the journal's
 //! write probe (an audited call that could not be audited is refused with
 //! `JOURNAL_UNAVAILABLE` before it touches a card) → params → handler → exactly one
-//! audit entry. Handlers never write the call's audit entry themselves: they say what
+//! audit entry. The probe of a card method runs on the journal thread while the call
+//! is parsed and queued for its reader, and its card job waits for it before the first
+//! command ([`Probe`]). Handlers never write the call's audit entry themselves: they say what
 //! it should hold ([`Note`]). A pending payment that a call settles adds its own
 //! `settle` entry ([`pay`]).
 //!
@@ -25,7 +27,7 @@ pub mod system;
 use crate::config::Operator;
 use crate::error::{ApiError, ErrorKind};
 use crate::events::Event;
-use crate::journal::Payment;
+use crate::journal::{JournalError, Payment};
 use crate::ops::{Ctx, Seen};
 use crate::readers::Card;
 use crate::session::{Role, Session};
@@ -186,6 +188,39 @@ pub struct Call<'a> {
     /// The caller; `None` only for [`Access::Anyone`] methods before login.
     pub op: Option<Operator>,
     pub note: Note,
+    /// The journal's write probe of a card method, not yet waited for: its card job
+    /// takes it ([`on_card`]); the dispatcher waits for it if no job did.
+    probe: Option<Probe>,
+}
+
+/// The journal's write probe of one call ([`crate::journal::Journal::probe_write`]),
+/// queued on the journal thread ahead of everything else the call does there.
+pub struct Probe(tokio::sync::oneshot::Receiver<Result<(), JournalError>>);
+
+impl Probe {
+    fn start(st: &State) -> Probe {
+        Probe(st.journal.submit(|j| j.probe_write()))
+    }
+
+    fn refused(e: impl std::fmt::Display) -> ApiError {
+        ApiError::journal(format!("cannot write the audit log: {e}"))
+    }
+
+    /// Await the probe: an error means the call must not go on.
+    async fn passed(self) -> Result<(), ApiError> {
+        match self.0.await {
+            Ok(r) => r.map_err(Probe::refused),
+            Err(_) => Err(Probe::refused(JournalError::Closed)),
+        }
+    }
+
+    /// Wait for the probe from a card job (blocking), before the first command.
+    fn passed_blocking(self) -> Result<(), ApiError> {
+        match self.0.blocking_recv() {
+            Ok(r) => r.map_err(Probe::refused),
+            Err(_) => Err(Probe::refused(JournalError::Closed)),
+        }
+    }
 }
 
 impl Call<'_> {
@@ -271,16 +306,21 @@ pub async fn dispatch(
             return Err(e);
         }
     }
-    if row.audited {
-        // refuse what could not be audited before it touches anything
-        st.journal
-            .call(|j| j.probe_write())
-            .await
-            .map_err(|e| ApiError::journal(format!("cannot write the audit log: {e}")))?;
+    // refuse what could not be audited before it touches anything: a method whose card
+    // work goes through a reader job waits for the probe in that job, so that the probe
+    // runs while the call is parsed and queued; every other one waits for it now
+    let mut probe = row.audited.then(|| Probe::start(st));
+    if !probe_in_job(m) {
+        if let Some(p) = probe.take() {
+            p.passed().await?;
+        }
     }
     let p = match Params::parse(m, raw) {
         Ok(p) => p,
         Err(e) => {
+            if let Some(p) = probe.take() {
+                p.passed().await?;
+            }
             if m == Method::SessionLogin {
                 return Err(system::login_failed(st, conn, e).await);
             }
@@ -295,9 +335,16 @@ pub async fn dispatch(
         conn,
         op,
         note: Note::default(),
+        probe,
     };
     let r = run(&mut call, p).await;
-    let Call { note, op, .. } = call;
+    let Call {
+        note, op, probe, ..
+    } = call;
+    if let Some(p) = probe {
+        // no card job ran (the call answered from the journal): the probe decides now
+        p.passed().await?;
+    }
     if m == Method::SessionLogin {
         return match r {
             Err(e) => Err(system::login_failed(st, conn, e).await),
@@ -326,6 +373,20 @@ pub async fn dispatch(
         Err(e) if !touches_card(m) => Err(e),
         Err(_) => r,
     }
+}
+
+/// The methods whose card work is a reader job run through [`on_card`], which waits
+/// for the call's write probe before the first command to the card.
+fn probe_in_job(m: Method) -> bool {
+    matches!(
+        m,
+        Method::CardRead
+            | Method::CardVerifyPin
+            | Method::CardChangePin
+            | Method::CardBalance
+            | Method::PayDebit
+            | Method::PayRefund
+    )
 }
 
 /// Whether a method sends commands to a card.
@@ -396,8 +457,16 @@ pub async fn on_card<T: Send + 'static>(
     let r = c.st.readers.pick(name)?;
     c.note.reader = r.name.clone();
     let x = ctx(c.st);
+    let probe = c.probe.take();
     let (card, res) = r
-        .run(c.st.reader_wait(), move |t| Ok(f(t, &x)))
+        .run(c.st.reader_wait(), move |t| {
+            if let Some(p) = probe {
+                if let Err(e) = p.passed_blocking() {
+                    return Ok((String::new(), Err(e)));
+                }
+            }
+            Ok(f(t, &x))
+        })
         .await
         .unwrap_or_else(|e| (String::new(), Err(e)));
     c.note.card = card;
