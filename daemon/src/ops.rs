@@ -599,6 +599,9 @@ fn repeat(
 /// A payment as a card operation left it.
 pub struct Paid {
     pub payment: Payment,
+    /// The order was paid before: this is its recorded payment (settled from the card
+    /// if it was pending), and nothing was debited now.
+    pub repeat: bool,
     /// The card completed it and its outcome is still to be written: the caller
     /// records it with the call's audit entry, in one commit (the row stays `pending`
     /// until then, and a crash in between is settled from the card like any other).
@@ -606,9 +609,10 @@ pub struct Paid {
 }
 
 impl Paid {
-    fn recorded(payment: Payment) -> Self {
+    fn repeated(payment: Payment) -> Self {
         Paid {
             payment,
+            repeat: true,
             unrecorded: false,
         }
     }
@@ -662,7 +666,7 @@ fn debit_card(
             return Err(duplicate(&p));
         }
         reread(tx, k)?;
-        return repeat(tx, ctx, k.rec(), p).map(Paid::recorded);
+        return repeat(tx, ctx, k.rec(), p).map(Paid::repeated);
     }
     check_card(tx, ctx, k, st.listed)?;
     let rec = k.rec().clone();
@@ -712,6 +716,7 @@ fn debit_card(
                 p.tac = proof.tac;
                 Ok(Paid {
                     payment: p,
+                    repeat: false,
                     unrecorded: true,
                 })
             }
@@ -755,20 +760,6 @@ fn duplicate(p: &Payment) -> ApiError {
             p.order_id, p.kind, p.amount_fen, p.status
         ),
     )
-}
-
-/// `pay.debit` for an order the journal has: the recorded payment (settled if it was
-/// pending) when the card in the reader is the order's.
-pub fn debit_again(
-    card: &mut Card<'_>,
-    ctx: &Ctx,
-    p: Payment,
-    shown: Option<CardId>,
-) -> Seen<Payment> {
-    on_card(card, Source::Fresh, |tx, k| {
-        as_shown(k, shown.as_ref())?;
-        repeat(tx, ctx, k.rec(), p)
-    })
 }
 
 /// What `pay.refund` was asked.
@@ -821,7 +812,7 @@ fn refund_card(
             return Err(duplicate(&p));
         }
         reread(tx, k)?;
-        return repeat(tx, ctx, k.rec(), p).map(Paid::recorded);
+        return repeat(tx, ctx, k.rec(), p).map(Paid::repeated);
     }
     same_city(ctx, &rec.card_id)?;
     if rec.blocked {
@@ -880,6 +871,7 @@ fn refund_card(
             p.balance_after_fen = i64::from(proof.balance_after);
             Ok(Paid {
                 payment: p,
+                repeat: false,
                 unrecorded: true,
             })
         }

@@ -83,42 +83,27 @@ pub async fn debit(c: &mut Call<'_>, p: DebitParams) -> Result<Value, ApiError> 
     let (order, amount) = (p.order_id.0, p.amount_fen.0);
     let reader = p.reader;
     let shown = p.card_id.map(|c| c.0);
-    if let Some(e) = recorded(c.st, &order, PaymentKind::Debit).await? {
-        c.note.card = e.card_number.clone();
-        if e.amount_fen != i64::from(amount) {
-            return Err(ApiError::kind(
-                ErrorKind::DuplicateOrder,
-                format!(
-                    "order {order} exists with {} fen, not {amount}",
-                    e.amount_fen
-                ),
-            ));
-        }
-        if c.st
-            .readers
-            .pick(reader.as_ref().map(|r| r.0.as_str()))
-            .is_err()
-        {
-            // no card to compare: the record answers (no money moves either way)
+    if c.st
+        .readers
+        .pick(reader.as_ref().map(|r| r.0.as_str()))
+        .is_err()
+    {
+        // no card to compare: an order the journal has is answered from its record (no
+        // money moves either way); a new one gets the reader's error below
+        if let Some(e) = recorded(c.st, &order, PaymentKind::Debit).await? {
+            c.note.card = e.card_number.clone();
+            if e.amount_fen != i64::from(amount) {
+                return Err(duplicate(&e, amount));
+            }
             c.note.detail = Some(format!("repeat, no card: {}", summary(&e)));
             return match e.status {
                 PaymentStatus::Pending => Err(uncertain(&e)),
                 _ => Ok(e.to_json()),
             };
         }
-        let again = e.clone();
-        let p = on_card(
-            c,
-            reader.as_ref(),
-            move |t, x| ops::debit_again(t, x, again, shown),
-            |p| format!("repeat: {}", summary(p)),
-        )
-        .await?;
-        return match p.status {
-            PaymentStatus::Pending => Err(uncertain(&p)),
-            _ => Ok(p.to_json()),
-        };
     }
+    // the job looks the order up itself (a repeat is answered from the card and the
+    // record, settled first if it was pending)
     let req = DebitRequest {
         order_id: order,
         card_id: shown,
@@ -130,10 +115,30 @@ pub async fn debit(c: &mut Call<'_>, p: DebitParams) -> Result<Value, ApiError> 
         c,
         reader.as_ref(),
         move |t, x| ops::debit(t, x, req),
-        |p| summary(&p.payment),
+        |p| {
+            if p.repeat {
+                format!("repeat: {}", summary(&p.payment))
+            } else {
+                summary(&p.payment)
+            }
+        },
     )
     .await?;
-    Ok(unrecorded(c, paid).to_json())
+    let p = unrecorded(c, paid);
+    match p.status {
+        PaymentStatus::Pending => Err(uncertain(&p)),
+        _ => Ok(p.to_json()),
+    }
+}
+
+fn duplicate(e: &Payment, amount: u32) -> ApiError {
+    ApiError::kind(
+        ErrorKind::DuplicateOrder,
+        format!(
+            "order {} exists with {} fen, not {amount}",
+            e.order_id, e.amount_fen
+        ),
+    )
 }
 
 /// `pay.query`: the debit of an order (or its refund with `"kind": "refund"`); a
