@@ -354,12 +354,13 @@ impl Journal {
     /// costs nothing): microseconds, not a disk flush. A WAL that still has room can
     /// take the probe on a full disk; the audit write after it then has room too.
     pub fn probe_write(&mut self) -> JResult<()> {
-        self.db.execute_batch("PRAGMA synchronous=NORMAL")?;
+        let pragma = |db: &Connection, sql: &str| db.prepare_cached(sql)?.execute([]);
+        pragma(&self.db, "PRAGMA synchronous=NORMAL")?;
         let r = self
             .db
             .prepare_cached("UPDATE probe SET n=n+1 WHERE id=1")
             .and_then(|mut st| st.execute([]));
-        self.db.execute_batch("PRAGMA synchronous=FULL")?;
+        pragma(&self.db, "PRAGMA synchronous=FULL")?;
         match r? {
             1 => {
                 self.probes += 1;
