@@ -194,47 +194,92 @@ fn read_holder(tx: &mut Transaction<'_>) -> Result<Holder, AppError> {
     Ok(h)
 }
 
-/// Select the application and read EF05, EF06 and EF15 (card profile §3). A blocked
-/// application still identifies itself (EF05, EF06); its EF15 is then unreadable and
-/// reported as empty fields.
+/// What a whole read adds to [`PolicyRecords`].
+struct Rest {
+    card_type: String,
+    spec_version: String,
+    issue_date: NaiveDate,
+    holder: Holder,
+    insured_category: String,
+    pooling_region: String,
+}
+
+impl Rest {
+    fn with(self, p: PolicyRecords) -> CardRecord {
+        let h = self.holder;
+        CardRecord {
+            card_id: p.card_id,
+            card_type: self.card_type,
+            spec_version: self.spec_version,
+            issue_date: self.issue_date,
+            expiry_date: p.expiry_date,
+            card_number: p.card_number,
+            ssn: h.ssn,
+            name: h.name,
+            gender: h.gender,
+            nation: h.nation,
+            birthplace: h.birthplace,
+            birth_date: h.birth_date,
+            insured_category: self.insured_category,
+            pooling_region: self.pooling_region,
+            insured_status: p.insured_status,
+            blocked: p.blocked,
+        }
+    }
+}
+
+/// EF05 records 02, 03 and 05 (EF05 selected).
+fn card_details(tx: &mut Transaction<'_>) -> Result<(String, String, NaiveDate), AppError> {
+    Ok((
+        ascii(0xEF05, 0x02, read(tx, 0xEF05, 0x02, 1)?)?,
+        ascii(0xEF05, 0x03, read(tx, 0xEF05, 0x03, 4)?)?,
+        bcd_date(0xEF05, 0x05, &read(tx, 0xEF05, 0x05, 4)?)?,
+    ))
+}
+
+/// EF15 records 20 and 21 (EF15 selected).
+fn insurance(tx: &mut Transaction<'_>) -> Result<(String, String), AppError> {
+    Ok((
+        bcd(0xEF15, 0x20, &read(tx, 0xEF15, 0x20, 1)?)?,
+        bcd(0xEF15, 0x21, &read(tx, 0xEF15, 0x21, 3)?)?,
+    ))
+}
+
+/// Select the application and read EF05, EF06 and EF15 (card profile §3), nineteen
+/// commands in the national order. A blocked application still identifies itself
+/// (EF05, EF06); its EF15 is then unreadable and reported as empty fields.
 pub fn read_card(tx: &mut Transaction<'_>) -> Result<CardRecord, AppError> {
     let sel = select_application(tx)?;
     select_ef(tx, 0xEF05)?;
     let card_id = card_id(tx)?;
-    let card_type = ascii(0xEF05, 0x02, read(tx, 0xEF05, 0x02, 1)?)?;
-    let spec_version = ascii(0xEF05, 0x03, read(tx, 0xEF05, 0x03, 4)?)?;
-    let issue_date = bcd_date(0xEF05, 0x05, &read(tx, 0xEF05, 0x05, 4)?)?;
+    let (card_type, spec_version, issue_date) = card_details(tx)?;
     let expiry_date = bcd_date(0xEF05, 0x06, &read(tx, 0xEF05, 0x06, 4)?)?;
     let card_number = ascii(0xEF05, 0x07, read(tx, 0xEF05, 0x07, 9)?)?;
-    let h = read_holder(tx)?;
-    let (insured_category, pooling_region, insured_status) = if sel.blocked {
-        (String::new(), String::new(), String::new())
+    let holder = read_holder(tx)?;
+    let ((insured_category, pooling_region), insured_status) = if sel.blocked {
+        ((String::new(), String::new()), String::new())
     } else {
         select_ef(tx, 0xEF15)?;
         (
-            bcd(0xEF15, 0x20, &read(tx, 0xEF15, 0x20, 1)?)?,
-            bcd(0xEF15, 0x21, &read(tx, 0xEF15, 0x21, 3)?)?,
+            insurance(tx)?,
             bcd(0xEF15, 0x22, &read(tx, 0xEF15, 0x22, 1)?)?,
         )
     };
-    Ok(CardRecord {
-        card_id,
+    let rest = Rest {
         card_type,
         spec_version,
         issue_date,
-        expiry_date,
-        card_number,
-        ssn: h.ssn,
-        name: h.name,
-        gender: h.gender,
-        nation: h.nation,
-        birthplace: h.birthplace,
-        birth_date: h.birth_date,
+        holder,
         insured_category,
         pooling_region,
+    };
+    Ok(rest.with(PolicyRecords {
+        card_id,
+        card_number,
+        expiry_date,
         insured_status,
         blocked: sel.blocked,
-    })
+    }))
 }
 
 /// The records [`read_policy`] left out (EF05 02, 03, 05; EF06; EF15 20, 21), read in
@@ -242,37 +287,23 @@ pub fn read_card(tx: &mut Transaction<'_>) -> Result<CardRecord, AppError> {
 /// commands).
 pub fn read_rest(tx: &mut Transaction<'_>, p: &PolicyRecords) -> Result<CardRecord, AppError> {
     select_ef(tx, 0xEF05)?;
-    let card_type = ascii(0xEF05, 0x02, read(tx, 0xEF05, 0x02, 1)?)?;
-    let spec_version = ascii(0xEF05, 0x03, read(tx, 0xEF05, 0x03, 4)?)?;
-    let issue_date = bcd_date(0xEF05, 0x05, &read(tx, 0xEF05, 0x05, 4)?)?;
-    let h = read_holder(tx)?;
+    let (card_type, spec_version, issue_date) = card_details(tx)?;
+    let holder = read_holder(tx)?;
     let (insured_category, pooling_region) = if p.blocked {
         (String::new(), String::new())
     } else {
         select_ef(tx, 0xEF15)?;
-        (
-            bcd(0xEF15, 0x20, &read(tx, 0xEF15, 0x20, 1)?)?,
-            bcd(0xEF15, 0x21, &read(tx, 0xEF15, 0x21, 3)?)?,
-        )
+        insurance(tx)?
     };
-    Ok(CardRecord {
-        card_id: p.card_id,
+    let rest = Rest {
         card_type,
         spec_version,
         issue_date,
-        expiry_date: p.expiry_date,
-        card_number: p.card_number.clone(),
-        ssn: h.ssn,
-        name: h.name,
-        gender: h.gender,
-        nation: h.nation,
-        birthplace: h.birthplace,
-        birth_date: h.birth_date,
+        holder,
         insured_category,
         pooling_region,
-        insured_status: p.insured_status.clone(),
-        blocked: p.blocked,
-    })
+    };
+    Ok(rest.with(p.clone()))
 }
 
 #[cfg(test)]
