@@ -377,16 +377,9 @@ pub async fn dispatch(
 
 /// The methods whose card work is a reader job run through [`on_card`], which waits
 /// for the call's write probe before the first command to the card.
+/// (`pay.query` settles through [`pay`]'s own jobs, after its probe.)
 fn probe_in_job(m: Method) -> bool {
-    matches!(
-        m,
-        Method::CardRead
-            | Method::CardVerifyPin
-            | Method::CardChangePin
-            | Method::CardBalance
-            | Method::PayDebit
-            | Method::PayRefund
-    )
+    touches_card(m) && m != Method::PayQuery
 }
 
 /// Whether a method sends commands to a card.

@@ -117,25 +117,11 @@ impl<'a> Card<'a> {
             failed,
             wrote,
         } = self;
-        let raw = match transport.begin() {
-            Ok(r) => r,
-            Err(e) => {
-                failed.store(true, Ordering::Relaxed);
-                return Err(e);
-            }
-        };
-        if raw.new_presentation() {
-            **cache = None;
-        }
+        let watched = watched_begin(&mut **transport, cache, failed, wrote)?;
         let known = if failed.load(Ordering::Relaxed) || wrote.load(Ordering::Relaxed) {
             None
         } else {
             cache.clone()
-        };
-        let watched = Watched {
-            raw,
-            failed: &*failed,
-            wrote: &*wrote,
         };
         Ok((Transaction::from_raw(Box::new(watched)), known))
     }
@@ -175,6 +161,28 @@ impl<'a> Card<'a> {
     }
 }
 
+/// Begin a transaction on `transport`, watched: a new presentation drops the cache, and
+/// a failure to begin counts as a transport error.
+fn watched_begin<'t>(
+    transport: &'t mut dyn CardTransport,
+    cache: &mut Option<Presentation>,
+    failed: &'t AtomicBool,
+    wrote: &'t AtomicBool,
+) -> Result<Watched<'t>, TransportError> {
+    match transport.begin() {
+        Ok(raw) => {
+            if raw.new_presentation() {
+                *cache = None;
+            }
+            Ok(Watched { raw, failed, wrote })
+        }
+        Err(e) => {
+            failed.store(true, Ordering::Relaxed);
+            Err(e)
+        }
+    }
+}
+
 struct Watched<'t> {
     raw: Box<dyn RawTransaction + 't>,
     failed: &'t AtomicBool,
@@ -211,22 +219,12 @@ impl CardTransport for Card<'_> {
             failed,
             wrote,
         } = self;
-        match transport.begin() {
-            Ok(raw) => {
-                if raw.new_presentation() {
-                    **cache = None;
-                }
-                Ok(Box::new(Watched {
-                    raw,
-                    failed: &*failed,
-                    wrote: &*wrote,
-                }))
-            }
-            Err(e) => {
-                failed.store(true, Ordering::Relaxed);
-                Err(e)
-            }
-        }
+        Ok(Box::new(watched_begin(
+            &mut **transport,
+            cache,
+            failed,
+            wrote,
+        )?))
     }
 
     fn status(&mut self) -> Result<CardStatus, TransportError> {
