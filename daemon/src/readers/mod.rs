@@ -4,9 +4,9 @@
 //!
 //! A job is a closure run with the reader's [`Card`], so card operations are plain
 //! blocking functions. The reader task is a thread of its own (PC/SC calls block) that
-//! runs one job at a time, so nothing interleaves with it. Once a job has started it runs to the
-//! end, whatever happens to the caller (a client that disconnects mid-debit does not cut
-//! the debit short).
+//! runs one job at a time, so nothing interleaves with it. Once a job has started it
+//! runs to the end, whatever happens to the caller (a client that disconnects mid-debit
+//! does not cut the debit short).
 //!
 //! Each reader task keeps the presentation cache of its card ([`presentation`]): when a
 //! card is inserted a background job reads it (policy records first, then INTERNAL
