@@ -7,7 +7,7 @@ use sscard_driver::apdu::ResponseApdu;
 use sscard_driver::atr::Atr;
 use sscard_driver::crypto::PurchaseContext;
 use sscard_driver::testkeys::{test_manufacturer_key, test_master_keys};
-use sscard_driver::transport::{CardTransport, Protocol, RawTransaction};
+use sscard_driver::transport::{CardTransport, Protocol};
 use sscard_driver::transport::{Transaction, TransportError};
 
 fn h(s: &str) -> Vec<u8> {
