@@ -11,4 +11,11 @@
 //!   §6.1 and §6.2), typed, with encode and decode.
 
 pub mod ccid;
+#[cfg(test)]
+mod fake;
 pub mod frame;
+pub mod link;
+pub mod model;
+pub mod port;
+pub mod reader;
+pub mod tpdu;
