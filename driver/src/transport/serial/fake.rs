@@ -14,10 +14,13 @@ use super::port::Port;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
+/// How a card answers a C-TPDU.
+pub type CardFn = Box<dyn FnMut(&[u8]) -> Vec<u8> + Send>;
+
 /// A card: its ATR and how it answers a C-TPDU.
 pub struct FakeCard {
     pub atr: Vec<u8>,
-    pub answer: Box<dyn FnMut(&[u8]) -> Vec<u8> + Send>,
+    pub answer: CardFn,
     /// Accept a PPS (echo it) or not (mute).
     pub pps_ok: bool,
 }
@@ -293,11 +296,14 @@ impl FakeReader {
     }
 }
 
+/// The port of the latest opening, if any.
+pub type CurrentPort = Arc<Mutex<Option<Arc<Mutex<PortShared>>>>>;
+
 /// A fake reader behind a link, with the handles a test needs.
 pub struct Bench {
     pub reader: Arc<Mutex<FakeReader>>,
     /// The port of the latest opening.
-    pub port: Arc<Mutex<Option<Arc<Mutex<PortShared>>>>>,
+    pub port: CurrentPort,
     /// While false, opening fails (the device is unplugged).
     pub plugged: Arc<Mutex<bool>>,
 }
@@ -325,7 +331,7 @@ impl Bench {
 
     pub fn with_timing(model: Model, timing: Timing) -> (Bench, Link) {
         let reader = Arc::new(Mutex::new(FakeReader::new(model)));
-        let port: Arc<Mutex<Option<Arc<Mutex<PortShared>>>>> = Arc::default();
+        let port: CurrentPort = Arc::default();
         let plugged = Arc::new(Mutex::new(true));
         let (r, p, pl) = (reader.clone(), port.clone(), plugged.clone());
         let opener: Opener = Box::new(move || {

@@ -26,6 +26,7 @@ use super::frame::{self, Decoder, Event, SlotChange};
 use super::model::Model;
 use super::port::{Port, ReadOutcome, SerialPortIo, BIT_RATE};
 use crate::transport::TransportError;
+use std::collections::VecDeque;
 use std::io;
 use std::time::{Duration, Instant};
 
@@ -276,6 +277,22 @@ impl Link {
         }
     }
 
+    /// Send a NAK for a damaged frame, counting it against the bound.
+    fn nak(&mut self, naks_sent: &mut u32, own_naks: &mut u32) -> Result<(), TransportError> {
+        *naks_sent += 1;
+        if *naks_sent > self.timing.resends {
+            return Err(TransportError::Timeout(format!(
+                "no intact answer from the reader after {} NAKs",
+                *naks_sent - 1
+            )));
+        }
+        self.write(&frame::NAK_FRAME)?;
+        if self.model.echoes() {
+            *own_naks += 1;
+        }
+        Ok(())
+    }
+
     fn exchange(
         &mut self,
         slot: u8,
@@ -302,8 +319,9 @@ impl Link {
         let mut resent = 0u32;
         // an echoing reader echoes our NAKs too: that NAK is not the reader's
         let mut own_naks = 0u32;
+        let mut pending = VecDeque::new();
         loop {
-            while let Some(ev) = self.decoder.next_event() {
+            while let Some(ev) = pending.pop_front().or_else(|| self.decoder.next_event()) {
                 match ev {
                     Event::SlotChange(c) => self.record_notice(c),
                     Event::Garbage(_) => {}
@@ -320,22 +338,14 @@ impl Link {
                             )));
                         }
                         self.decoder.clear();
+                        pending.clear();
                         self.write(&frame)?;
                         deadline = Instant::now() + answer;
                     }
                     Event::BadLrc(_) => {
-                        naks_sent += 1;
-                        if naks_sent > self.timing.resends {
-                            return Err(TransportError::Timeout(format!(
-                                "no intact answer from the reader after {} NAKs",
-                                naks_sent - 1
-                            )));
-                        }
                         self.drain()?;
-                        self.write(&frame::NAK_FRAME)?;
-                        if self.model.echoes() {
-                            own_naks += 1;
-                        }
+                        pending.clear();
+                        self.nak(&mut naks_sent, &mut own_naks)?;
                         deadline = Instant::now() + answer;
                     }
                     Event::Message(m) => {
@@ -380,26 +390,19 @@ impl Link {
                 end - now
             };
             if !self.fill(wait)? && cut && Instant::now() < end {
-                // a frame cut short (a byte lost on the line): drop it, ask again
-                while self.decoder.buffered() > 0 {
-                    self.decoder.resync();
-                    while let Some(ev) = self.decoder.next_event() {
-                        if let Event::SlotChange(c) = ev {
-                            self.record_notice(c);
-                        }
+                // a frame cut short (a byte lost on the line): drop it, decode what
+                // follows it, and ask for the lost frame again
+                self.decoder.resync();
+                loop {
+                    pending.extend(std::iter::from_fn(|| self.decoder.next_event()));
+                    if self.decoder.buffered() == 0
+                        || pending.iter().any(|e| matches!(e, Event::Message(_)))
+                    {
+                        break;
                     }
+                    self.decoder.resync();
                 }
-                naks_sent += 1;
-                if naks_sent > self.timing.resends {
-                    return Err(TransportError::Timeout(format!(
-                        "no intact answer from the reader after {} NAKs",
-                        naks_sent - 1
-                    )));
-                }
-                self.write(&frame::NAK_FRAME)?;
-                if self.model.echoes() {
-                    own_naks += 1;
-                }
+                self.nak(&mut naks_sent, &mut own_naks)?;
                 deadline = Instant::now() + answer;
             }
         }

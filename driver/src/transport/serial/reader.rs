@@ -559,3 +559,241 @@ impl CardTransport for SerialSlot {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::ccid::CommandBody;
+    use super::super::fake::{Bench, FakeCard};
+    use super::super::frame;
+    use super::*;
+    use crate::apdu::CommandApdu;
+    use crate::transport::Transaction;
+
+    fn reader(model: Model) -> (Bench, SerialReader) {
+        let (b, link) = Bench::new(model);
+        (b, SerialReader::from_link(link))
+    }
+
+    fn power_ons(b: &Bench) -> usize {
+        b.fake()
+            .log
+            .iter()
+            .filter(|c| matches!(c.body, CommandBody::IccPowerOn { .. }))
+            .count()
+    }
+
+    fn xfrs(b: &Bench) -> Vec<Vec<u8>> {
+        b.fake()
+            .log
+            .iter()
+            .filter_map(|c| match &c.body {
+                CommandBody::XfrBlock { data, .. } => Some(data.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn read_record(card: &mut dyn CardTransport, n: u8) -> Result<Vec<u8>, TransportError> {
+        let mut tx = Transaction::begin(card)?;
+        let r = tx.transmit(&CommandApdu::new(0, 0xB2, n, 4).with_le(3).unwrap())?;
+        Ok(r.data)
+    }
+
+    #[test]
+    fn power_on_parameters_and_t0_exchanges() {
+        let (b, r) = reader(Model::GemPcTwin);
+        b.insert(0, FakeCard::t0());
+        let mut s = r.connect(0).unwrap();
+        let st = s.status().unwrap();
+        assert!(st.present);
+        assert_eq!(st.protocol, Some(Protocol::T0));
+        assert_eq!(st.atr[..2], [0x3B, 0x6A]);
+        // SetParameters T=0 as libccid: Fi/Di 11, direct, TC1 00, WI 0A, no clock stop
+        assert!(b.fake().log.iter().any(|c| c.body
+            == CommandBody::SetParameters {
+                protocol: 0,
+                data: vec![0x11, 0, 0, 0x0A, 0]
+            }));
+        assert_eq!(read_record(&mut s, 7).unwrap(), [7, 7, 7]);
+        // a case 4 command goes as a case 3 TPDU; 61xx is chained above the trait
+        assert!(!tx_new(&mut s));
+        let mut tx = Transaction::begin(&mut s).unwrap();
+        let cmd = CommandApdu::new(0, 0x88, 0, 0)
+            .with_data(vec![1, 2, 3, 4])
+            .unwrap()
+            .with_le(8)
+            .unwrap();
+        let resp = tx.transmit(&cmd).unwrap();
+        drop(tx);
+        assert_eq!(resp.data, [0xA5; 8]);
+        let x = xfrs(&b);
+        assert_eq!(x[x.len() - 2], [0, 0x88, 0, 0, 4, 1, 2, 3, 4]);
+        assert_eq!(x[x.len() - 1], [0, 0xC0, 0, 0, 8]);
+        assert_eq!(power_ons(&b), 1);
+        assert_eq!(r.firmware(), "GemTwin V5.00");
+    }
+
+    /// Whether a fresh transaction is on a new presentation.
+    fn tx_new(s: &mut SerialSlot) -> bool {
+        s.begin().map(|t| t.new_presentation()).unwrap_or(false)
+    }
+
+    #[test]
+    fn a_card_pulled_and_put_back_between_transactions_is_a_new_presentation() {
+        let (b, r) = reader(Model::GemPcTwin);
+        b.insert(0, FakeCard::t0());
+        let mut s = r.connect(0).unwrap();
+        assert!(!tx_new(&mut s));
+        b.remove(0);
+        b.fake().notice_next = Some(frame::CARD_ABSENT);
+        assert!(!s.status().unwrap().present);
+        assert!(matches!(s.begin().err(), Some(TransportError::NoCard)));
+        b.insert(0, FakeCard::t0());
+        // the handle knew another presentation: no card for it until taken up
+        assert!(!s.status().unwrap().present);
+        assert!(tx_new(&mut s));
+        assert!(s.status().unwrap().present);
+        assert!(!tx_new(&mut s));
+        assert_eq!(power_ons(&b), 2);
+    }
+
+    #[test]
+    fn a_swap_seen_only_in_a_notice_is_a_new_presentation() {
+        let (b, r) = reader(Model::GemPcTwin);
+        b.insert(0, FakeCard::t0());
+        let mut s = r.connect(0).unwrap();
+        // pulled and put back between two commands; the reader powered the new one
+        // itself, so only the notices tell
+        {
+            let mut f = b.fake();
+            f.notice_next = Some(frame::CARD_PRESENT);
+        }
+        assert!(tx_new(&mut s));
+    }
+
+    #[test]
+    fn a_card_pulled_mid_apdu_is_card_removed() {
+        let (b, r) = reader(Model::GemCorePosPro);
+        b.insert(0, FakeCard::t0());
+        let mut s = r.connect(0).unwrap();
+        b.fake().pull_mid_apdu = true;
+        let e = read_record(&mut s, 1).unwrap_err();
+        assert!(matches!(e, TransportError::CardRemoved), "{e}");
+        assert!(e.outcome_unknown());
+        assert!(!s.status().unwrap().present);
+    }
+
+    #[test]
+    fn the_slots_of_one_port_share_the_sequence_and_are_exclusive() {
+        let (b, r) = reader(Model::GemCorePosPro);
+        assert_eq!(r.slots(), 5);
+        b.insert(0, FakeCard::t0());
+        b.insert(1, FakeCard::t0());
+        let mut card = r.connect(0).unwrap();
+        let mut sam = r.connect(1).unwrap();
+        let mut tx = Transaction::begin(&mut card).unwrap();
+        // the SAM works while the card's transaction is open
+        assert_eq!(read_record(&mut sam, 2).unwrap(), [2, 2, 2]);
+        let cmd = CommandApdu::new(0, 0xB2, 3, 4).with_le(3).unwrap();
+        assert_eq!(tx.transmit(&cmd).unwrap().data, [3, 3, 3]);
+        // a second handle on the card's slot waits its turn
+        let mut other = r.slot(0).unwrap();
+        assert!(matches!(other.begin().err(), Some(TransportError::Busy)));
+        drop(tx);
+        assert!(other.begin().is_ok());
+        let log = b.fake().log.clone();
+        let seqs: Vec<u8> = log.iter().map(|c| c.seq).collect();
+        assert_eq!(seqs, (0..seqs.len() as u8).collect::<Vec<_>>());
+        assert!(log.iter().any(|c| c.slot == 1) && log.iter().any(|c| c.slot == 0));
+        assert!(r.slot(5).is_err());
+    }
+
+    #[test]
+    fn t1_only_cards_are_refused_for_now() {
+        let (b, r) = reader(Model::GemPcTwin);
+        let mut t1 = vec![0x3B, 0xDA, 0x11, 0xFF, 0x81, 0x31, 0xFE, 0x45];
+        t1.extend_from_slice(b"SSC-AES v1");
+        let tck = t1[1..].iter().fold(0u8, |x, b| x ^ b);
+        t1.push(tck);
+        b.insert(0, FakeCard::with_atr(&t1));
+        assert!(matches!(
+            r.connect(0).err(),
+            Some(TransportError::Protocol(_))
+        ));
+    }
+
+    #[test]
+    fn pps_when_the_card_offers_a_faster_rate() {
+        let (b, r) = reader(Model::GemPcTwin);
+        // TA1 = 13 (Fi 372, Di 4), T=0
+        b.insert(0, FakeCard::with_atr(&[0x3B, 0x10, 0x13]));
+        r.connect(0).unwrap();
+        let x = xfrs(&b);
+        assert_eq!(x, [vec![0xFF, 0x10, 0x13, 0xFC]]);
+        assert!(b.fake().log.iter().any(|c| matches!(&c.body,
+            CommandBody::SetParameters { data, .. } if data[0] == 0x13)));
+        // a card that does not answer the PPS is reset and used at the default rate
+        let (b, r) = reader(Model::GemPcTwin);
+        let mut card = FakeCard::with_atr(&[0x3B, 0x10, 0x13]);
+        card.pps_ok = false;
+        b.insert(0, card);
+        let mut s = r.connect(0).unwrap();
+        assert!(b.fake().log.iter().any(|c| matches!(&c.body,
+            CommandBody::SetParameters { data, .. } if data[0] == 0x11)));
+        assert_eq!(read_record(&mut s, 1).unwrap(), [1, 1, 1]);
+    }
+
+    #[test]
+    fn reattach_keeps_the_card_and_reset_powers_it_anew() {
+        let (b, r) = reader(Model::GemPcTwin);
+        b.insert(0, FakeCard::t0());
+        let mut s = r.connect(0).unwrap();
+        s.reattach().unwrap();
+        assert_eq!(power_ons(&b), 1);
+        s.reset().unwrap();
+        assert_eq!(power_ons(&b), 2);
+        // our own reset is no new presentation for us, but is for another handle
+        let mut other = r.slot(0).unwrap();
+        assert!(!tx_new(&mut other));
+        assert!(!tx_new(&mut s));
+        other.reset().unwrap();
+        assert!(tx_new(&mut s));
+        assert!(matches!(r.slot(0).unwrap().begin().map(|_| ()), Ok(())));
+    }
+
+    #[test]
+    fn unplugged_and_plugged_in_again() {
+        let (b, r) = reader(Model::GemPcTwin);
+        b.insert(0, FakeCard::t0());
+        let mut s = r.connect(0).unwrap();
+        b.unplug();
+        let e = read_record(&mut s, 1).unwrap_err();
+        assert!(
+            matches!(e, TransportError::Io(_)) && e.outcome_unknown(),
+            "{e}"
+        );
+        assert!(matches!(s.status(), Err(TransportError::NoReader(_))));
+        assert!(matches!(s.begin().err(), Some(TransportError::NoReader(_))));
+        b.plug();
+        // the reader starts from scratch: its card lost power
+        b.fake().slots[0].powered = false;
+        assert!(tx_new(&mut s));
+        assert_eq!(read_record(&mut s, 4).unwrap(), [4, 4, 4]);
+        assert!(r.is_open());
+        r.reopen().unwrap();
+        assert!(tx_new(&mut s));
+    }
+
+    #[test]
+    fn a_reader_time_out_mid_transaction_is_outcome_unknown() {
+        let (b, r) = reader(Model::GemCorePosPro);
+        b.insert(0, FakeCard::t0());
+        let mut s = r.connect(0).unwrap();
+        b.fake().silent_next = 1;
+        let e = read_record(&mut s, 1).unwrap_err();
+        assert!(matches!(e, TransportError::Timeout(_)) && e.outcome_unknown());
+        // the card is still there and powered: the next transaction goes on with it
+        assert!(!tx_new(&mut s));
+        assert_eq!(read_record(&mut s, 2).unwrap(), [2, 2, 2]);
+    }
+}
