@@ -48,7 +48,7 @@
 use crate::{Reply, VirtualCard};
 use sscard_driver::transport::serial::ccid::{
     error, CcidError, Command, CommandBody, CommandStatus, IccStatus, Response, ResponseBody,
-    Status, RDR_TO_PC_DATA_BLOCK, RDR_TO_PC_ESCAPE, RDR_TO_PC_PARAMETERS, RDR_TO_PC_SLOT_STATUS,
+    Status, RDR_TO_PC_ESCAPE, RDR_TO_PC_PARAMETERS, RDR_TO_PC_SLOT_STATUS,
 };
 use sscard_driver::transport::serial::frame::{self, Decoder, Event, NAK_FRAME};
 use std::fs::File;
@@ -464,7 +464,7 @@ fn reply(c: &Command, status: Status, err: u8) -> Response {
             rfu: 0,
             data: Vec::new(),
         },
-        RDR_TO_PC_DATA_BLOCK | _ => ResponseBody::DataBlock {
+        _ => ResponseBody::DataBlock {
             chain: 0,
             data: Vec::new(),
         },
@@ -692,7 +692,7 @@ mod tests {
     use crate::card::{EmulatedCard, Knobs, Personalization, T0_ATR};
     use crate::psam::{Psam, PSAM_ATR};
     use sscard_driver::transport::serial::ccid::{
-        PC_TO_RDR_ESCAPE, PC_TO_RDR_GET_SLOT_STATUS, PC_TO_RDR_ICC_POWER_ON,
+        PC_TO_RDR_GET_SLOT_STATUS, PC_TO_RDR_ICC_POWER_ON, RDR_TO_PC_DATA_BLOCK,
     };
 
     fn card() -> Box<dyn VirtualCard> {
@@ -1036,7 +1036,6 @@ mod tests {
             assert!(resp.failed());
             assert_eq!(resp.seq, msg[6]);
         }
-        let _ = PC_TO_RDR_ESCAPE;
     }
 
     #[test]
