@@ -40,6 +40,9 @@
 //!   after [`ReaderOptions::reinsert_after`]);
 //! - Secure (PIN pad): not yet. The GemPC PinPad model declares the pad but answers
 //!   every `PC_to_RDR_Secure` with "command failed, command not supported" for now.
+//!   (libccid 1.5.2 does not open an echoing GemPC PinPad anyway: the echo of the
+//!   165-byte escape that loads the pad's display strings overflows the 30-byte answer
+//!   buffer it reads into, "Wrong value for frame size: 175"; docs/emulator.md.)
 //!
 //! Fault injection (corrupted or dropped bytes, NAKs, delays, time-extension bursts,
 //! a card pulled mid-APDU, unplugging) is for the project's own serial backend's tests
