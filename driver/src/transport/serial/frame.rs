@@ -7,8 +7,11 @@
 //!   counts the data after it; the LRC is the XOR of every byte before it, SYNC and
 //!   CTRL included;
 //! - the error frame `03 15 16` (SYNC, NAK, its LRC): "resend your last frame".
-//!   libccid replays the command when its reader NAKs, without a bound; a reader that
-//!   receives a frame with a wrong LRC answers with this frame;
+//!   A reader that receives a frame with a wrong LRC answers with this frame alone (no
+//!   echo first: libccid returns on the NAK before it looks for an echo). libccid
+//!   replays the command on a NAK only for an Escape (`CmdEscapeCheck`, without a
+//!   bound); for every other command a NAK is a communication error to it. libccid
+//!   never sends a NAK itself;
 //! - from the reader only, outside any frame: a card movement notification, the byte
 //!   `50` (RDR_to_PC_NotifySlotChange) followed by one byte, `02` card absent or
 //!   `03` card present (libccid logs any other value as an unknown movement and goes
