@@ -84,6 +84,9 @@ pub struct FakeReader {
     /// T=0 time requests before each answer to an XfrBlock, each after `te_every`.
     pub time_requests: u32,
     pub te_every: Duration,
+    /// CCID time extensions (answers with bmCommandStatus 2, bError 1) before each
+    /// answer to an XfrBlock, each after `te_every`.
+    pub ccid_extensions: u32,
     /// Delay of every answer.
     pub delay: Duration,
     /// Answer nothing to the next n commands.
@@ -108,6 +111,7 @@ impl FakeReader {
             notice_next: None,
             time_requests: 0,
             te_every: Duration::from_millis(10),
+            ccid_extensions: 0,
             delay: Duration::ZERO,
             silent_next: 0,
             pull_mid_apdu: false,
@@ -285,6 +289,23 @@ impl FakeReader {
                     if xfr {
                         for _ in 0..self.time_requests {
                             inbox.push_after(self.te_every, &[0x80]);
+                        }
+                        let wait = Response {
+                            status: Status::new(
+                                IccStatus::PresentActive,
+                                CommandStatus::TimeExtension,
+                            ),
+                            error: 1,
+                            body: ResponseBody::DataBlock {
+                                chain: 0,
+                                data: Vec::new(),
+                            },
+                            ..r.clone()
+                        };
+                        if let Ok(w) = wait.encode() {
+                            for _ in 0..self.ccid_extensions {
+                                inbox.push_after(self.te_every, &frame::encode(&w));
+                            }
                         }
                     }
                     first.extend_from_slice(&sent);

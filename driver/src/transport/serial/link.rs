@@ -550,6 +550,15 @@ mod tests {
         }
         let r = xfr(&mut link).unwrap();
         assert_eq!(r.data(), [1, 1, 0x90, 0x00]);
+        // the same with CCID time extensions (T=1 style)
+        {
+            let mut f = b.fake();
+            f.time_requests = 0;
+            f.ccid_extensions = 6;
+        }
+        let r = xfr(&mut link).unwrap();
+        assert_eq!(r.data(), [1, 1, 0x90, 0x00]);
+        b.fake().ccid_extensions = 0;
         // without them, the same delay is a timeout
         {
             let mut f = b.fake();
