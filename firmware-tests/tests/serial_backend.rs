@@ -223,3 +223,18 @@ fn unplugged_and_plugged_in_again_behind_the_same_path() {
     drop(t);
     read_and_pay(&mut card);
 }
+
+#[test]
+fn a_mute_card_is_a_timeout_with_the_outcome_unknown() {
+    let v = SerialVcard::start(Model::GemPcTwin, &["--mute"]);
+    let reader = SerialReader::open(&v.pty.to_string_lossy(), Model::GemPcTwin).unwrap();
+    let mut card = reader.connect(0).unwrap();
+    let mut tx = Transaction::begin(&mut card).unwrap();
+    let e = app::read_card(&mut tx).unwrap_err();
+    let e = match e {
+        app::AppError::Transport(t) => t,
+        other => panic!("{other:?}"),
+    };
+    assert!(matches!(e, TransportError::Timeout(_)), "{e}");
+    assert!(e.outcome_unknown());
+}
