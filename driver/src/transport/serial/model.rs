@@ -88,6 +88,20 @@ impl FromStr for Model {
     }
 }
 
+/// Split a reader spec `PATH[:MODEL]` at its last colon, since device paths may hold
+/// colons (`/dev/serial/by-path/pci-0000:00:14.0-usb-0:1:1.0-port0`): what follows
+/// is the model if it names one, else part of the path, and the model is libccid's
+/// default, the GemPC Twin.
+pub fn split_spec(spec: &str) -> (&str, Model) {
+    match spec.rsplit_once(':') {
+        Some((path, m)) if !path.is_empty() => match m.parse() {
+            Ok(model) => (path, model),
+            Err(_) => (spec, Model::default()),
+        },
+        _ => (spec, Model::default()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -101,5 +115,20 @@ mod tests {
         assert!("GemPC".parse::<Model>().is_err());
         assert!(Model::GemPcTwin.echoes() && !Model::GemCorePosPro.echoes());
         assert_eq!(Model::GemCorePosPro.slots(), 5);
+    }
+
+    #[test]
+    fn specs_split_at_the_last_colon() {
+        assert_eq!(
+            split_spec("/dev/ttyUSB0:GemCorePOSPro"),
+            ("/dev/ttyUSB0", Model::GemCorePosPro)
+        );
+        assert_eq!(split_spec("/dev/ttyS0"), ("/dev/ttyS0", Model::GemPcTwin));
+        let p = "/dev/serial/by-path/pci-0000:00:14.0-usb-0:1:1.0-port0";
+        assert_eq!(split_spec(p), (p, Model::GemPcTwin));
+        assert_eq!(
+            split_spec(&format!("{p}:gempcpinpad")),
+            (p, Model::GemPcPinPad)
+        );
     }
 }
