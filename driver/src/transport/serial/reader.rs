@@ -270,6 +270,15 @@ impl Shared {
     }
 }
 
+/// A slot as [`SerialReader::poll`] found it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SlotPresence {
+    pub slot: u8,
+    pub present: bool,
+    /// The ATR of the card if we powered it (empty for a card not powered yet).
+    pub atr: Vec<u8>,
+}
+
 /// A serial reader on one port, with its slots.
 pub struct SerialReader {
     shared: Arc<Mutex<Shared>>,
@@ -345,6 +354,29 @@ impl SerialReader {
     /// Number of slots.
     pub fn slots(&self) -> u8 {
         self.model.slots()
+    }
+
+    /// Every slot's presence, as GetSlotStatus and the notices say now (the port opened
+    /// again if it had gone away): what a monitor polls. The ATR is there for the cards
+    /// we powered.
+    pub fn poll(&self) -> Result<Vec<SlotPresence>, TransportError> {
+        let mut sh = lock(&self.shared);
+        (0..self.model.slots())
+            .map(|slot| {
+                let icc = sh.check(slot)?;
+                let atr = sh
+                    .slot_mut(slot)?
+                    .power
+                    .as_ref()
+                    .map(|p| p.atr.clone())
+                    .unwrap_or_default();
+                Ok(SlotPresence {
+                    slot,
+                    present: matches!(icc, IccStatus::PresentActive | IccStatus::PresentInactive),
+                    atr,
+                })
+            })
+            .collect()
     }
 
     /// A handle on `slot`, without touching the card.
@@ -706,6 +738,10 @@ mod tests {
         assert_eq!(seqs, (0..seqs.len() as u8).collect::<Vec<_>>());
         assert!(log.iter().any(|c| c.slot == 1) && log.iter().any(|c| c.slot == 0));
         assert!(r.slot(5).is_err());
+        let p = r.poll().unwrap();
+        assert_eq!(p.len(), 5);
+        assert!(p[0].present && p[1].present && !p[2].present);
+        assert_eq!(p[1].atr[..2], [0x3B, 0x6A]);
     }
 
     #[test]
