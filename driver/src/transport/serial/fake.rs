@@ -75,6 +75,8 @@ pub struct FakeReader {
     pub nak_next: u32,
     /// Flip a bit in the next n frames sent (answers and their resends).
     pub corrupt_next: u32,
+    /// Change the CTRL byte of the next frame sent (it reads as garbage).
+    pub hit_ctrl_next: bool,
     /// Drop a byte of the next frame sent.
     pub cut_next: bool,
     /// Bytes sent before the next answer.
@@ -107,6 +109,7 @@ impl FakeReader {
             nak_next: 0,
             corrupt_next: 0,
             cut_next: false,
+            hit_ctrl_next: false,
             garbage_next: Vec::new(),
             notice_next: None,
             time_requests: 0,
@@ -242,6 +245,9 @@ impl FakeReader {
             if let Some(b) = f.get_mut(8) {
                 *b ^= 0x10;
             }
+        } else if self.hit_ctrl_next && f.len() > 1 {
+            self.hit_ctrl_next = false;
+            f[1] = 0x07;
         } else if self.cut_next && f.len() > 5 {
             self.cut_next = false;
             f.remove(5);

@@ -7,7 +7,9 @@
 //! - the echo of the command (GemPC Twin, PinPad) and answers with another `bSeq` (a
 //!   late answer to a command that timed out) are skipped;
 //! - a frame with a bad LRC is answered with a NAK, so that the reader sends it again,
-//!   at most [`Timing::resends`] times;
+//!   at most [`Timing::resends`] times; so is a frame cut short (a byte lost: the line
+//!   stays quiet for [`Timing::gap`] in the middle of it) and bytes that were no frame
+//!   followed by silence (a frame whose SYNC or CTRL byte was hit);
 //! - a NAK from the reader (it got our frame damaged, and did not act on it) makes us
 //!   send the frame again, at most [`Timing::resends`] times;
 //! - a time extension (a byte `80`..`FF` between frames, or an answer with
@@ -320,11 +322,12 @@ impl Link {
         // an echoing reader echoes our NAKs too: that NAK is not the reader's
         let mut own_naks = 0u32;
         let mut pending = VecDeque::new();
+        let mut damaged = false;
         loop {
             while let Some(ev) = pending.pop_front().or_else(|| self.decoder.next_event()) {
                 match ev {
                     Event::SlotChange(c) => self.record_notice(c),
-                    Event::Garbage(_) => {}
+                    Event::Garbage(_) => damaged = true,
                     Event::TimeExtension(_) => {
                         deadline = Instant::now() + answer;
                     }
@@ -345,10 +348,13 @@ impl Link {
                     Event::BadLrc(_) => {
                         self.drain()?;
                         pending.clear();
+                        damaged = false;
                         self.nak(&mut naks_sent, &mut own_naks)?;
                         deadline = Instant::now() + answer;
                     }
                     Event::Message(m) => {
+                        // whatever came before an intact frame was noise
+                        damaged = false;
                         // the echo of our command (or of an earlier one) is no answer
                         if m.first().is_none_or(|k| *k < 0x80) {
                             continue;
@@ -383,25 +389,33 @@ impl Link {
                     answer.as_millis()
                 )));
             }
-            let cut = self.decoder.buffered() > 0;
-            let wait = if cut {
+            // a frame being assembled (cut short if the line stays quiet), or bytes
+            // that were no frame (maybe a frame whose SYNC or CTRL was hit)
+            let stuck = self.decoder.buffered() > 0;
+            let wait = if stuck || damaged {
                 self.timing.gap.min(end - now)
             } else {
                 end - now
             };
-            if !self.fill(wait)? && cut && Instant::now() < end {
-                // a frame cut short (a byte lost on the line): drop it, decode what
-                // follows it, and ask for the lost frame again
-                self.decoder.resync();
-                loop {
-                    pending.extend(std::iter::from_fn(|| self.decoder.next_event()));
-                    if self.decoder.buffered() == 0
-                        || pending.iter().any(|e| matches!(e, Event::Message(_)))
-                    {
-                        break;
-                    }
+            if !self.fill(wait)? && (stuck || damaged) && Instant::now() < end {
+                // a frame lost or cut short: drop what is left of it, decode what
+                // follows it, and ask for the last frame again
+                if stuck {
                     self.decoder.resync();
+                    loop {
+                        pending.extend(
+                            std::iter::from_fn(|| self.decoder.next_event())
+                                .filter(|e| !matches!(e, Event::Garbage(_))),
+                        );
+                        if self.decoder.buffered() == 0
+                            || pending.iter().any(|e| matches!(e, Event::Message(_)))
+                        {
+                            break;
+                        }
+                        self.decoder.resync();
+                    }
                 }
+                damaged = false;
                 self.nak(&mut naks_sent, &mut own_naks)?;
                 deadline = Instant::now() + answer;
             }
@@ -471,6 +485,17 @@ mod tests {
         b.fake().cut_next = true;
         assert!(status(&mut link).is_ok());
         assert!(b.written().iter().any(|w| w.as_slice() == frame::NAK_FRAME));
+    }
+
+    #[test]
+    fn a_frame_whose_ctrl_byte_was_hit_is_nakked() {
+        for model in [Model::GemPcTwin, Model::GemCorePosPro] {
+            let (b, mut link) = Bench::new(model);
+            link.ensure_open().unwrap();
+            b.fake().hit_ctrl_next = true;
+            assert!(status(&mut link).is_ok(), "{model}");
+            assert!(b.written().iter().any(|w| w.as_slice() == frame::NAK_FRAME));
+        }
     }
 
     #[test]
