@@ -2,12 +2,16 @@
 //! emulated serial reader on a real pseudo-terminal (`sscard-vcard --serial-reader`):
 //! the card's records read and a purchase made through [`SerialReader`], for the
 //! GemPC Twin (echo) and the GemCore POS Pro (five slots, no echo); a card pulled and
-//! put back; the reader unplugged and plugged in again. No pcscd needed.
+//! put back; the reader unplugged and plugged in again; and, through a relay that
+//! damages the line (bad LRCs, frames cut short, garbage, commands the reader NAKs,
+//! answers held back with or without T=0 time requests), purchases that still go
+//! through and silences that time out. No pcscd needed.
 
 use chrono::NaiveDate;
 use sscard_driver::app::{self, Pin};
 use sscard_driver::keyprovider::{KeyProvider, SoftwareKeys};
 use sscard_driver::keys::KeyPurpose;
+use sscard_driver::transport::serial::link::Timing;
 use sscard_driver::transport::serial::model::Model;
 use sscard_driver::transport::serial::reader::SerialReader;
 use sscard_driver::transport::{CardTransport, Transaction, TransportError};
@@ -237,4 +241,206 @@ fn a_mute_card_is_a_timeout_with_the_outcome_unknown() {
     };
     assert!(matches!(e, TransportError::Timeout(_)), "{e}");
     assert!(e.outcome_unknown());
+}
+
+/// Faults a [`Relay`] puts on the line, each on every n-th chunk (0: never).
+#[derive(Clone, Debug, Default)]
+struct LineFaults {
+    /// Flip the last byte (the LRC of the last frame) of a chunk from the reader.
+    corrupt_reader: u32,
+    /// Drop a byte from the middle of a chunk from the reader (a frame cut short).
+    cut_reader: u32,
+    /// Put garbage bytes before a chunk from the reader.
+    garbage_reader: u32,
+    /// Flip the LRC of a command frame from the host (the reader NAKs it).
+    corrupt_host: u32,
+    /// Hold every chunk from the reader this long, sending a T=0 time request every
+    /// `te_every` meanwhile (`None`: no time requests).
+    hold: Duration,
+    te_every: Option<Duration>,
+}
+
+/// A man in the middle between the backend and the emulated reader: a pty of its own
+/// for the backend, the emulator's pty opened as a serial port, bytes relayed both
+/// ways with [`LineFaults`] applied.
+struct Relay {
+    path: PathBuf,
+    faults: std::sync::Arc<std::sync::Mutex<LineFaults>>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Relay {
+    fn start(reader_pty: &Path, faults: LineFaults) -> Relay {
+        use sscard_driver::transport::serial::port::{Port, ReadOutcome, SerialPortIo};
+        use std::sync::atomic::Ordering;
+        let mut host = sscard_firmware_tests::serial_reader::Pty::open().expect("relay pty");
+        let mut reader = SerialPortIo::open(&reader_pty.to_string_lossy(), 115_200).unwrap();
+        let path = host.path().to_path_buf();
+        let faults = std::sync::Arc::new(std::sync::Mutex::new(faults));
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (f, s) = (faults.clone(), stop.clone());
+        let thread = std::thread::spawn(move || {
+            let (mut from_reader, mut from_host) = (0u32, 0u32);
+            let hit = |every: u32, n: u32| every > 0 && n.is_multiple_of(every);
+            let mut buf = [0u8; 1024];
+            while !s.load(Ordering::SeqCst) {
+                let n = match host.read_timeout(&mut buf, Duration::from_millis(1)) {
+                    Ok(n) => n,
+                    Err(_) => return,
+                };
+                if n > 0 {
+                    let mut chunk = buf[..n].to_vec();
+                    let fl = f.lock().unwrap().clone();
+                    if chunk.len() > 3 {
+                        from_host += 1;
+                        if hit(fl.corrupt_host, from_host) {
+                            if let Some(b) = chunk.last_mut() {
+                                *b ^= 0x01;
+                            }
+                        }
+                    }
+                    if reader.write_all(&chunk).is_err() {
+                        return;
+                    }
+                }
+                match reader.read_some(&mut buf, Duration::from_millis(1)) {
+                    Ok(ReadOutcome::Data(n)) => {
+                        let mut chunk = buf[..n].to_vec();
+                        let fl = f.lock().unwrap().clone();
+                        from_reader += 1;
+                        if hit(fl.corrupt_reader, from_reader) {
+                            if let Some(b) = chunk.last_mut() {
+                                *b ^= 0x20;
+                            }
+                        } else if hit(fl.cut_reader, from_reader) && chunk.len() > 6 {
+                            chunk.remove(chunk.len() / 2);
+                        }
+                        if hit(fl.garbage_reader, from_reader) {
+                            let _ = host.write_all(&[0x00, 0x03, 0x07, 0x42, 0x03, 0x15, 0x99]);
+                        }
+                        if !fl.hold.is_zero() {
+                            let until = Instant::now() + fl.hold;
+                            while Instant::now() < until {
+                                let step = fl.te_every.unwrap_or(fl.hold);
+                                std::thread::sleep(step.min(until - Instant::now()));
+                                if fl.te_every.is_some() && Instant::now() < until {
+                                    let _ = host.write_all(&[0x80]);
+                                }
+                            }
+                        }
+                        if host.write_all(&chunk).is_err() {
+                            return;
+                        }
+                    }
+                    Ok(ReadOutcome::TimedOut) => {}
+                    Err(_) => return,
+                }
+            }
+        });
+        Relay {
+            path,
+            faults,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    fn set(&self, faults: LineFaults) {
+        *self.faults.lock().unwrap() = faults;
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn quick() -> Timing {
+    Timing {
+        answer: Duration::from_millis(400),
+        ..Timing::default()
+    }
+}
+
+fn pay_through_faults(model: Model, faults: LineFaults) {
+    let v = SerialVcard::start(model, &[]);
+    let relay = Relay::start(&v.pty, LineFaults::default());
+    let reader = SerialReader::open_with(&relay.path.to_string_lossy(), model, quick()).unwrap();
+    let mut card = reader.connect(0).unwrap();
+    relay.set(faults);
+    read_and_pay(&mut card);
+}
+
+#[test]
+fn a_purchase_through_damaged_and_cut_frames_and_garbage() {
+    for model in [Model::GemPcTwin, Model::GemCorePosPro] {
+        pay_through_faults(
+            model,
+            LineFaults {
+                corrupt_reader: 5,
+                cut_reader: 7,
+                garbage_reader: 3,
+                ..Default::default()
+            },
+        );
+    }
+}
+
+#[test]
+fn a_purchase_through_commands_the_reader_nakked() {
+    for model in [Model::GemPcTwin, Model::GemCorePosPro] {
+        pay_through_faults(
+            model,
+            LineFaults {
+                corrupt_host: 4,
+                ..Default::default()
+            },
+        );
+    }
+}
+
+#[test]
+fn time_requests_keep_a_slow_answer_alive_and_silence_times_out() {
+    let v = SerialVcard::start(Model::GemPcTwin, &[]);
+    let relay = Relay::start(&v.pty, LineFaults::default());
+    let reader =
+        SerialReader::open_with(&relay.path.to_string_lossy(), Model::GemPcTwin, quick()).unwrap();
+    let mut card = reader.connect(0).unwrap();
+    // every answer a second late (2.5 × the answer timeout), with a time request
+    // every 200 ms
+    relay.set(LineFaults {
+        hold: Duration::from_millis(1000),
+        te_every: Some(Duration::from_millis(200)),
+        ..Default::default()
+    });
+    let mut tx = Transaction::begin(&mut card).unwrap();
+    let read = CommandApdu::new(0, 0xB2, 1, 4).with_le(256).unwrap();
+    let t = Instant::now();
+    // any status word: what counts is that the answer came through the wait
+    tx.transmit(&read).unwrap();
+    assert!(
+        t.elapsed() >= Duration::from_millis(1000),
+        "{:?}",
+        t.elapsed()
+    );
+    // the same delay without time requests
+    relay.set(LineFaults {
+        hold: Duration::from_millis(1000),
+        ..Default::default()
+    });
+    let e = tx.transmit(&read).unwrap_err();
+    assert!(
+        matches!(e, TransportError::Timeout(_)) && e.outcome_unknown(),
+        "{e}"
+    );
+    drop(tx);
+    // the late answer is skipped; the link goes on
+    relay.set(LineFaults::default());
+    std::thread::sleep(Duration::from_millis(1200));
+    read_and_pay(&mut card);
 }
