@@ -71,8 +71,10 @@ pub struct FakeReader {
     pub log: Vec<Command>,
     decoder: Decoder,
     last: Vec<u8>,
-    /// NAK the next n commands instead of acting on them.
+    /// NAK the next n commands instead of acting on them (as if they came damaged).
+    /// `nak_after_echo`: a NAK after the echo, which no reader sends.
     pub nak_next: u32,
+    pub nak_after_echo: bool,
     /// Flip a bit in the next n frames sent (answers and their resends).
     pub corrupt_next: u32,
     /// Change the CTRL byte of the next frame sent (it reads as garbage).
@@ -107,6 +109,7 @@ impl FakeReader {
             decoder: Decoder::new(),
             last: Vec::new(),
             nak_next: 0,
+            nak_after_echo: false,
             corrupt_next: 0,
             cut_next: false,
             hit_ctrl_next: false,
@@ -266,13 +269,17 @@ impl FakeReader {
                 }
                 Event::BadLrc(_) => inbox.push(&frame::NAK_FRAME),
                 Event::Message(m) => {
-                    if self.echo {
-                        inbox.push(&frame::encode(&m));
-                    }
+                    // as if the frame came damaged: a NAK alone, no echo
                     if self.nak_next > 0 {
                         self.nak_next -= 1;
                         inbox.push(&frame::NAK_FRAME);
                         continue;
+                    }
+                    if self.echo {
+                        inbox.push(&frame::encode(&m));
+                        if std::mem::take(&mut self.nak_after_echo) {
+                            inbox.push(&frame::NAK_FRAME);
+                        }
                     }
                     let Ok(c) = Command::decode(&m) else {
                         continue;

@@ -323,6 +323,7 @@ impl Link {
         let mut own_naks = 0u32;
         let mut pending = VecDeque::new();
         let mut damaged = false;
+        let mut echo_seen = false;
         loop {
             while let Some(ev) = pending.pop_front().or_else(|| self.decoder.next_event()) {
                 match ev {
@@ -332,6 +333,11 @@ impl Link {
                         deadline = Instant::now() + answer;
                     }
                     Event::Nak if own_naks > 0 => own_naks -= 1,
+                    // the reader echoed the command intact: it did not NAK it, and
+                    // resending could run it twice
+                    Event::Nak if echo_seen => {
+                        tracing::debug!("a NAK after the command's echo ignored");
+                    }
                     Event::Nak => {
                         resent += 1;
                         if resent > self.timing.resends {
@@ -342,6 +348,7 @@ impl Link {
                         }
                         self.decoder.clear();
                         pending.clear();
+                        echo_seen = false;
                         self.write(&frame)?;
                         deadline = Instant::now() + answer;
                     }
@@ -357,6 +364,7 @@ impl Link {
                         damaged = false;
                         // the echo of our command (or of an earlier one) is no answer
                         if m.first().is_none_or(|k| *k < 0x80) {
+                            echo_seen |= m == message;
                             continue;
                         }
                         let r = match Response::decode(&m) {
@@ -405,7 +413,10 @@ impl Link {
                     loop {
                         pending.extend(
                             std::iter::from_fn(|| self.decoder.next_event())
-                                .filter(|e| !matches!(e, Event::Garbage(_))),
+                                // what the lost frame's body looked like is no
+                                // NAK, no time request: a NAK there would resend a
+                                // command the reader may have run
+                                .filter(|e| matches!(e, Event::Message(_) | Event::SlotChange(_))),
                         );
                         if self.decoder.buffered() == 0
                             || pending.iter().any(|e| matches!(e, Event::Message(_)))
@@ -529,6 +540,17 @@ mod tests {
         assert!(matches!(status(&mut link), Err(TransportError::Timeout(_))));
         // the command and three resends
         assert_eq!(b.written().len() - before, 4);
+    }
+
+    #[test]
+    fn a_nak_after_the_echo_resends_nothing() {
+        let (b, mut link) = Bench::new(Model::GemPcTwin);
+        link.ensure_open().unwrap();
+        let before = b.fake().log.len();
+        b.fake().nak_after_echo = true;
+        assert!(status(&mut link).is_ok());
+        // the command reached the reader once
+        assert_eq!(b.fake().log.len() - before, 1);
     }
 
     #[test]
