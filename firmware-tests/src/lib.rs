@@ -13,5 +13,6 @@ pub use sscard_emulator::{Reply, VirtualCard};
 
 pub mod clearing;
 pub mod conformance;
+pub mod serial_reader;
 pub mod testbed;
 pub mod vpcd;

@@ -235,3 +235,140 @@ pub fn wait_present(ctx: &PcscContext, reader: &str, present: bool, timeout: Dur
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+/// The emulated serial readers `scripts/with-pcscd` started (`SSCARD_SERIAL_READERS`),
+/// driven by pcscd through libccid's `libccidtwin`.
+pub fn serial_models() -> Vec<String> {
+    std::env::var("SSCARD_SERIAL_READERS")
+        .unwrap_or_default()
+        .split_whitespace()
+        .map(str::to_string)
+        .collect()
+}
+
+/// Exclusive use of one of the test bed's emulated serial readers, its card put in the
+/// reader (slot 0) for as long as the lease lives and taken out on drop.
+///
+/// It also holds one vpcd slot: the tests that see every reader (the daemon's) lease
+/// all vpcd slots, so they never run while a serial reader holds a card.
+pub struct SerialReaderLease {
+    _lock: File,
+    _vpcd: SlotLease,
+    pub model: String,
+    pid: libc::pid_t,
+    readers: Vec<String>,
+}
+
+impl SerialReaderLease {
+    /// Lease the emulated `model` reader (waiting up to two minutes), put its card in
+    /// and wait until pcscd sees it.
+    pub fn acquire(model: &str) -> SerialReaderLease {
+        let (dir, _, _) = require_private_pcscd();
+        assert!(
+            serial_models().iter().any(|m| m == model),
+            "scripts/with-pcscd started no emulated {model} reader (SSCARD_SERIAL_READERS={:?})",
+            std::env::var("SSCARD_SERIAL_READERS").unwrap_or_default()
+        );
+        let f = File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(dir.join(format!("serial-{model}.lock")))
+            .expect("serial reader lock file");
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while !try_lock(&f) {
+            assert!(
+                Instant::now() < deadline,
+                "the {model} reader was not free for two minutes"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let vpcd = SlotLease::acquire();
+        let pid = std::fs::read_to_string(dir.join(format!("serial-{model}.pid")))
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .expect("the emulated reader's pid file");
+        let ctx = PcscContext::establish().expect("private pcscd");
+        let prefix = format!("sscard serial {model} ");
+        let mut readers: Vec<String> = ctx
+            .reader_states()
+            .expect("reader states")
+            .into_iter()
+            .map(|r| r.name)
+            .filter(|n| n.starts_with(&prefix))
+            .collect();
+        readers.sort();
+        assert!(
+            !readers.is_empty(),
+            "pcscd has no {prefix:?} reader: did libccid open the emulated reader? (see pcscd.log)"
+        );
+        let lease = SerialReaderLease {
+            _lock: f,
+            _vpcd: vpcd,
+            model: model.to_string(),
+            pid,
+            readers,
+        };
+        lease.insert();
+        lease
+    }
+
+    /// pcscd's name for slot `i` of the reader.
+    pub fn reader(&self, slot: usize) -> &str {
+        &self.readers[slot]
+    }
+
+    /// Every slot's reader name.
+    pub fn readers(&self) -> &[String] {
+        &self.readers
+    }
+
+    fn signal(&self, sig: libc::c_int) {
+        // SAFETY: kill(2) on the pid of the emulator with-pcscd started.
+        let r = unsafe { libc::kill(self.pid, sig) };
+        assert_eq!(r, 0, "signal to the emulated {} reader", self.model);
+    }
+
+    /// Put the card in slot 0 (SIGUSR2) and wait until pcscd sees it.
+    pub fn insert(&self) {
+        self.signal(libc::SIGUSR2);
+        let ctx = PcscContext::establish().expect("private pcscd");
+        wait_present(&ctx, self.reader(0), true, Duration::from_secs(10));
+    }
+
+    /// Take the card out of slot 0 (SIGUSR1) and wait until pcscd sees it gone.
+    pub fn remove(&self) {
+        self.signal(libc::SIGUSR1);
+        if let Ok(ctx) = PcscContext::establish() {
+            wait_present(&ctx, self.reader(0), false, Duration::from_secs(10));
+        }
+    }
+
+    /// Connect to the card in slot 0 (shared, any protocol).
+    pub fn connect(&self) -> PcscCard {
+        let ctx = PcscContext::establish().expect("private pcscd");
+        ctx.connect(self.reader(0), ShareMode::Shared, None)
+            .expect("connect to the card in the emulated serial reader")
+    }
+}
+
+impl Drop for SerialReaderLease {
+    fn drop(&mut self) {
+        // SAFETY: as in `signal`; failures are left alone on drop.
+        unsafe { libc::kill(self.pid, libc::SIGUSR1) };
+        if let Ok(ctx) = PcscContext::establish() {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < deadline {
+                let present = ctx
+                    .reader_states()
+                    .ok()
+                    .and_then(|v| v.into_iter().find(|r| r.name == self.readers[0]))
+                    .map(|r| r.card_present);
+                if present != Some(true) {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    }
+}

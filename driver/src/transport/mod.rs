@@ -6,6 +6,7 @@
 //! the card says `9000`, and `6Cxx` re-sends the command with the right Le.
 
 pub mod pcsc;
+pub mod serial;
 
 use crate::apdu::{ApduError, CommandApdu, ResponseApdu};
 use crate::status::StatusWord;

@@ -1,14 +1,21 @@
 //! `sscard-vcard`: plug an emulated social-security card (or a blank chip, or a PSAM)
-//! into pcscd through vsmartcard's vpcd. See `docs/emulator.md`.
+//! into pcscd through vsmartcard's vpcd, or into a serial CCID reader emulated on a
+//! pseudo-terminal (`--serial-reader`, what libccid's `libccidtwin` drives). See
+//! `docs/emulator.md`.
 
 use clap::Parser;
 use sscard_driver::testkeys::test_manufacturer_key;
 use sscard_firmware_tests::card::{AtrChoice, EmulatedCard, Knobs, Personalization};
 use sscard_firmware_tests::perso::{Chip, IssueFactory};
 use sscard_firmware_tests::psam::Psam;
+use sscard_firmware_tests::serial_reader::{
+    install_presence_signals, serve, update_link, Model, Pty, ReaderOptions, SerialReader,
+};
 use sscard_firmware_tests::vpcd::{control, serve_with, BridgeOptions, Presence, WireTime};
 use sscard_firmware_tests::VirtualCard;
+use std::io::Write;
 use std::path::PathBuf;
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -83,6 +90,25 @@ struct Args {
     /// on stdout once done (the end of stdin leaves the card as it is).
     #[arg(long)]
     control_stdin: bool,
+    /// Instead of vpcd: emulate a serial CCID reader on a new pseudo-terminal pair,
+    /// print `pty: <path of the host side>` as the first line on stdout, and serve the
+    /// card in slot 0 until stopped. SIGUSR1 pulls the card out, SIGUSR2 puts it back.
+    #[arg(long)]
+    serial_reader: bool,
+    /// Serial reader model: GemPCTwin (echo, 1 slot), GemCorePOSPro (no echo, 5 slots)
+    /// or GemPCPinPad (echo, 1 slot; the keypad is not emulated yet).
+    #[arg(long, default_value = "GemCorePOSPro")]
+    model: String,
+    /// Keep a symbolic link at PATH to the current pty (with --serial-reader).
+    #[arg(long)]
+    link: Option<PathBuf>,
+    /// A PSAM (region, terminal id as given) in slot 1 (with --serial-reader, on a
+    /// model with several slots).
+    #[arg(long)]
+    with_psam: bool,
+    /// The card in slot 0 starts out of the reader (SIGUSR2 puts it in).
+    #[arg(long)]
+    start_absent: bool,
 }
 
 fn fail(msg: String) -> ! {
@@ -131,6 +157,58 @@ fn serial(a: &Args, default: &str) -> [u8; 8] {
     hex::decode_to_slice(s, &mut b)
         .unwrap_or_else(|_| fail(format!("--serial {s:?}: 16 hex digits")));
     b
+}
+
+fn psam_card(a: &Args) -> Psam {
+    let region = a
+        .region
+        .parse()
+        .unwrap_or_else(|e| fail(format!("--region: {e}")));
+    let tid = a
+        .terminal_id
+        .parse()
+        .unwrap_or_else(|e| fail(format!("--terminal-id: {e}")));
+    let mut p = Psam::test_psam(region, tid);
+    p.set_t0(a.t0);
+    p
+}
+
+/// `--serial-reader`: the card in slot 0 of an emulated serial reader on a new pty.
+fn serve_serial(a: &Args, card: Box<dyn VirtualCard>, what: &str) -> ! {
+    let model = Model::parse(&a.model).unwrap_or_else(|| {
+        let names: Vec<&str> = Model::ALL.iter().map(|m| m.name()).collect();
+        fail(format!(
+            "--model {:?}: one of {}",
+            a.model,
+            names.join(", ")
+        ))
+    });
+    let mut cards: Vec<Option<Box<dyn VirtualCard>>> = vec![Some(card)];
+    if a.with_psam {
+        cards.push(Some(Box::new(psam_card(a))));
+    }
+    let opts = ReaderOptions {
+        reinsert_after: Duration::from_millis(a.reinsert_ms),
+        ..Default::default()
+    };
+    let mut reader = SerialReader::new(model, cards, opts).unwrap_or_else(|e| fail(e));
+    if a.start_absent {
+        reader.set_present(0, false);
+    }
+    let mut pty = Pty::open().unwrap_or_else(|e| fail(format!("pseudo-terminal: {e}")));
+    if let Some(link) = &a.link {
+        update_link(link, pty.path())
+            .unwrap_or_else(|e| fail(format!("--link {}: {e}", link.display())));
+    }
+    install_presence_signals();
+    println!("pty: {}", pty.path().display());
+    println!("sscard-vcard: serving {what} in a {model} reader");
+    let _ = std::io::stdout().flush();
+    let stop = AtomicBool::new(false);
+    match serve(&mut reader, &mut pty, &stop) {
+        Ok(()) => std::process::exit(0),
+        Err(e) => fail(format!("serial reader: {e}")),
+    }
 }
 
 fn main() {
@@ -199,6 +277,9 @@ fn main() {
         let id = card.card_id().to_hex();
         (Box::new(card), format!("card {id}"))
     };
+    if a.serial_reader {
+        serve_serial(&a, card, &what)
+    }
     let mut opts = BridgeOptions::port(a.port);
     opts.reinsert_after = Duration::from_millis(a.reinsert_ms);
     opts.tear_hold = Duration::from_millis(a.tear_hold_ms);

@@ -1,0 +1,1137 @@
+//! A serial CCID reader (GemPC Twin / GemCore family) holding [`VirtualCard`]s in its
+//! slots, on a pseudo-terminal pair: what libccid's `libccidtwin` (and the project's own
+//! serial backend) drive. `sscard-vcard --serial-reader` serves it; `docs/emulator.md`.
+//!
+//! The protocol is the one of LudovicRousseau/CCID `src/ccid_serial.c` (frames in
+//! [`sscard_driver::transport::serial::frame`], CCID messages in
+//! [`sscard_driver::transport::serial::ccid`]). What this reader does, as libccid
+//! expects it (`src/commands.c`, `src/ifdhandler.c`, `src/ccid_serial.c` of libccid
+//! 1.5.2, the version Debian ships here):
+//!
+//! - every command frame is answered by one answer frame carrying the command's `bSlot`
+//!   and `bSeq`; a reader with echo (GemPC Twin, GemPC PinPad) first sends the command
+//!   frame back as it got it; a card movement notification (`50 02` / `50 03`, slot 0
+//!   only, once the escape `01 01 01` asked for them) goes after the echo and before the
+//!   answer, the "synchronous" mode libccid sets;
+//! - a frame with a wrong LRC is answered with the NAK frame `03 15 16` (and nothing
+//!   else); a NAK from the host makes the reader send its last answer frame again;
+//!   bytes that start no frame are skipped;
+//! - the escapes libccid sends at start: `02` (firmware version, an ASCII string that
+//!   must fit libccid's 50-byte buffer with its NUL) and `01 01 01` (card movement
+//!   notification mode, answered with no data); other escapes fail with "command not
+//!   supported";
+//! - IccPowerOn: the card's ATR in a DataBlock (no card: failed, `ICC_MUTE`, ICC
+//!   absent); IccPowerOff and GetSlotStatus: a SlotStatus whose ICC status is
+//!   `00` (present and powered), `01` (present, not powered) or `02` (absent). libccid
+//!   reads "present, not powered" after a power-on as "the card was swapped", so a
+//!   powered card stays `00` until powered off or pulled;
+//! - Get/SetParameters: the protocol data structure (§6.1.7): T=0 `11 00 00 0A 00` at
+//!   first, whatever SetParameters set afterwards;
+//! - XfrBlock: these readers declare TPDU-level exchange (`dwFeatures` 0x00010230 in
+//!   libccid), and libccid sends a T=0 TPDU as one XfrBlock and takes the card's answer
+//!   (data and SW1 SW2, or `61xx` / `6Cxx`) from one DataBlock: the procedure bytes stay
+//!   between reader and card and GET RESPONSE is the host's business (libccid passes
+//!   `61xx` up; the driver's `Transaction::transmit` sends GET RESPONSE). The emulated
+//!   cards already answer as T=0 cards (`--t0`: case 4 answers `61xx`). A case-4
+//!   command (header, Lc data, Le) is not a T=0 TPDU; this reader drops the Le and sends
+//!   the card the case-3 TPDU, as a tolerant reader does. A PPS request (`FF …`) is
+//!   answered with itself (accepted). A card that stays mute fails the command with
+//!   `ICC_MUTE`; a card that tears itself out leaves the slot (absent, then back
+//!   after [`ReaderOptions::reinsert_after`]);
+//! - Secure (PIN pad): not yet. The GemPC PinPad model declares the pad but answers
+//!   every `PC_to_RDR_Secure` with "command failed, command not supported" for now.
+//!   (libccid 1.5.2 does not open an echoing GemPC PinPad anyway: the echo of the
+//!   165-byte escape that loads the pad's display strings overflows the 30-byte answer
+//!   buffer it reads into, "Wrong value for frame size: 175"; docs/emulator.md.)
+//!
+//! Fault injection (corrupted or dropped bytes, NAKs, delays, time-extension bursts,
+//! a card pulled mid-APDU, unplugging) is for the project's own serial backend's tests
+//! and comes later: [`Faults`] is where it goes.
+
+use crate::{Reply, VirtualCard};
+use sscard_driver::transport::serial::ccid::{
+    error, CcidError, Command, CommandBody, CommandStatus, IccStatus, Response, ResponseBody,
+    Status, RDR_TO_PC_ESCAPE, RDR_TO_PC_PARAMETERS, RDR_TO_PC_SLOT_STATUS,
+};
+use sscard_driver::transport::serial::frame::{self, Decoder, Event, NAK_FRAME};
+use std::fs::File;
+use std::io::{self, Read, Write};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+/// The reader models libccid knows by the name after the colon in `DEVICENAME`
+/// (`set_ccid_descriptor` in `ccid_serial.c`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Model {
+    /// One slot, echo on.
+    GemPcTwin,
+    /// Five slots (`bMaxSlotIndex` 4) on one port, echo off; libccid keeps one `bSeq`
+    /// counter for the port.
+    GemCorePosPro,
+    /// One slot, echo on, a keypad (`bPINSupport` 3): the keypad is not emulated yet.
+    GemPcPinPad,
+}
+
+impl Model {
+    /// Every model.
+    pub const ALL: [Model; 3] = [Model::GemPcTwin, Model::GemCorePosPro, Model::GemPcPinPad];
+
+    /// The name libccid takes in `DEVICENAME <tty>:<name>` (compared case-insensitively).
+    pub fn name(self) -> &'static str {
+        match self {
+            Model::GemPcTwin => "GemPCTwin",
+            Model::GemCorePosPro => "GemCorePOSPro",
+            Model::GemPcPinPad => "GemPCPinPad",
+        }
+    }
+
+    /// Parse a model name (case-insensitive, as libccid does).
+    pub fn parse(s: &str) -> Option<Model> {
+        Model::ALL
+            .into_iter()
+            .find(|m| m.name().eq_ignore_ascii_case(s))
+    }
+
+    /// Whether the reader echoes each command frame before its answer.
+    pub fn echo(self) -> bool {
+        !matches!(self, Model::GemCorePosPro)
+    }
+
+    /// Number of slots (`bMaxSlotIndex` + 1).
+    pub fn slots(self) -> usize {
+        match self {
+            Model::GemCorePosPro => 5,
+            Model::GemPcTwin | Model::GemPcPinPad => 1,
+        }
+    }
+
+    /// The firmware string answered to the escape `02` (libccid logs it).
+    pub fn firmware(self) -> &'static str {
+        match self {
+            Model::GemPcTwin => "sscard emulated GemPC Twin 1.0",
+            Model::GemCorePosPro => "sscard emulated GemCore POS Pro 1.0",
+            Model::GemPcPinPad => "sscard emulated GemPC PinPad 1.0",
+        }
+    }
+}
+
+impl std::fmt::Display for Model {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Fault injection, for the project's serial backend's tests: none yet (every field
+/// will default to "no fault"; libccid's cross-check runs without faults).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Faults {}
+
+/// How the reader behaves.
+#[derive(Clone, Debug)]
+pub struct ReaderOptions {
+    /// After a card tore itself out, how long it stays out of the reader.
+    pub reinsert_after: Duration,
+    /// Fault injection (none by default).
+    pub faults: Faults,
+}
+
+impl Default for ReaderOptions {
+    fn default() -> Self {
+        ReaderOptions {
+            reinsert_after: Duration::from_millis(300),
+            faults: Faults::default(),
+        }
+    }
+}
+
+/// The T=0 protocol data structure the reader starts with (§6.1.7): Fi/Di 11, no
+/// inverse convention, no extra guard time, WI 10, no clock stop.
+pub const T0_DEFAULT_PARAMETERS: [u8; 5] = [0x11, 0x00, 0x00, 0x0A, 0x00];
+
+/// One slot of the reader.
+struct Slot {
+    card: Option<Box<dyn VirtualCard>>,
+    /// The card is in the slot (the slot has a card and it was not pulled).
+    inserted: bool,
+    powered: bool,
+    protocol: u8,
+    parameters: Vec<u8>,
+    /// A torn card comes back at this time.
+    reinsert_at: Option<Instant>,
+}
+
+impl Slot {
+    fn new(card: Option<Box<dyn VirtualCard>>) -> Slot {
+        Slot {
+            inserted: card.is_some(),
+            card,
+            powered: false,
+            protocol: 0,
+            parameters: T0_DEFAULT_PARAMETERS.to_vec(),
+            reinsert_at: None,
+        }
+    }
+
+    fn icc(&self) -> IccStatus {
+        match (self.inserted, self.powered) {
+            (false, _) => IccStatus::Absent,
+            (true, true) => IccStatus::PresentActive,
+            (true, false) => IccStatus::PresentInactive,
+        }
+    }
+
+    /// The card, when it is in the slot.
+    fn card(&mut self) -> Option<&mut Box<dyn VirtualCard>> {
+        if self.inserted {
+            self.card.as_mut()
+        } else {
+            None
+        }
+    }
+
+    fn pull(&mut self) {
+        if let Some(c) = self.card.as_mut() {
+            c.power_off();
+        }
+        self.inserted = false;
+        self.powered = false;
+        self.protocol = 0;
+        self.parameters = T0_DEFAULT_PARAMETERS.to_vec();
+    }
+}
+
+/// The reader: feed it the bytes the host writes ([`SerialReader::receive`]), send
+/// the host what it returns. No I/O of its own, so tests drive it in process.
+pub struct SerialReader {
+    model: Model,
+    opts: ReaderOptions,
+    slots: Vec<Slot>,
+    decoder: Decoder,
+    /// Card movement notifications asked for (escape `01 01 01`).
+    notify: bool,
+    /// Slot 0's movements not yet notified (true = inserted).
+    pending: Vec<bool>,
+    /// The last answer frame, sent again on a NAK.
+    last_answer: Option<Vec<u8>>,
+}
+
+impl SerialReader {
+    /// A reader of `model` with `cards` in its first slots (at most
+    /// [`Model::slots`]; `None` leaves a slot empty).
+    pub fn new(
+        model: Model,
+        cards: Vec<Option<Box<dyn VirtualCard>>>,
+        opts: ReaderOptions,
+    ) -> Result<SerialReader, String> {
+        if cards.len() > model.slots() {
+            return Err(format!(
+                "{model} has {} slot(s), {} cards given",
+                model.slots(),
+                cards.len()
+            ));
+        }
+        let mut slots: Vec<Slot> = cards.into_iter().map(Slot::new).collect();
+        slots.resize_with(model.slots(), || Slot::new(None));
+        Ok(SerialReader {
+            model,
+            opts,
+            slots,
+            decoder: Decoder::new(),
+            notify: false,
+            pending: Vec::new(),
+            last_answer: None,
+        })
+    }
+
+    pub fn model(&self) -> Model {
+        self.model
+    }
+
+    /// Whether a card is in `slot`.
+    pub fn is_present(&self, slot: usize) -> bool {
+        self.slots.get(slot).is_some_and(|s| s.inserted)
+    }
+
+    /// Take the card out of `slot` (`present` false) or put it back; false when the
+    /// slot has no card to put back or does not exist.
+    pub fn set_present(&mut self, slot: usize, present: bool) -> bool {
+        let Some(s) = self.slots.get_mut(slot) else {
+            return false;
+        };
+        if present && s.card.is_none() {
+            return false;
+        }
+        if s.inserted != present {
+            if present {
+                s.inserted = true;
+                s.powered = false;
+            } else {
+                s.pull();
+            }
+            s.reinsert_at = None;
+            if slot == 0 {
+                self.pending.push(present);
+            }
+        }
+        true
+    }
+
+    /// Let time pass: a torn card whose time out of the reader is over comes back.
+    pub fn tick(&mut self, now: Instant) {
+        for i in 0..self.slots.len() {
+            if self.slots[i].reinsert_at.is_some_and(|t| now >= t) {
+                self.set_present(i, true);
+            }
+        }
+    }
+
+    /// Bytes from the host in; the bytes to send back out.
+    pub fn receive(&mut self, bytes: &[u8]) -> Vec<u8> {
+        self.decoder.push(bytes);
+        let mut out = Vec::new();
+        while let Some(ev) = self.decoder.next_event() {
+            match ev {
+                Event::Message(m) => self.command(&m, &mut out),
+                Event::BadLrc(m) => {
+                    tracing::debug!("bad LRC on a {}-byte message: NAK", m.len());
+                    out.extend_from_slice(&NAK_FRAME);
+                }
+                Event::Nak => match &self.last_answer {
+                    Some(a) => out.extend_from_slice(a),
+                    None => tracing::debug!("NAK before any answer: ignored"),
+                },
+                other => tracing::debug!("skipped from the host: {other:?}"),
+            }
+        }
+        out
+    }
+
+    fn command(&mut self, message: &[u8], out: &mut Vec<u8>) {
+        if self.model.echo() {
+            out.extend_from_slice(&frame::encode(message));
+        }
+        let answer = match Command::decode(message) {
+            Ok(c) => self.answer(&c),
+            Err(e) => Self::undecodable(message, &e),
+        };
+        if self.notify {
+            for present in self.pending.drain(..) {
+                out.extend_from_slice(&frame::notification(present));
+            }
+        } else {
+            self.pending.clear();
+        }
+        let bytes = match answer.encode() {
+            Ok(b) => frame::encode(&b),
+            Err(e) => {
+                tracing::warn!("answer not encodable: {e}");
+                return;
+            }
+        };
+        out.extend_from_slice(&bytes);
+        self.last_answer = Some(bytes);
+    }
+
+    /// A message that is no command: "command not supported", in the answer type a
+    /// command of that type would get (a DataBlock when the type is unknown).
+    fn undecodable(message: &[u8], e: &CcidError) -> Response {
+        tracing::debug!("undecodable command: {e}");
+        let slot = message.get(5).copied().unwrap_or(0);
+        let seq = message.get(6).copied().unwrap_or(0);
+        let failed = Status::new(IccStatus::PresentInactive, CommandStatus::Failed);
+        Response {
+            slot,
+            seq,
+            status: failed,
+            error: error::CMD_NOT_SUPPORTED,
+            body: ResponseBody::DataBlock {
+                chain: 0,
+                data: Vec::new(),
+            },
+        }
+    }
+
+    fn answer(&mut self, c: &Command) -> Response {
+        let Some(slot) = self.slots.get_mut(usize::from(c.slot)) else {
+            // bError: the offset of the bad field, bSlot
+            return reply(c, Status::new(IccStatus::Absent, CommandStatus::Failed), 5);
+        };
+        let ok = |s: &Slot| Status::new(s.icc(), CommandStatus::Ok);
+        let failed = |s: &Slot| Status::new(s.icc(), CommandStatus::Failed);
+        match &c.body {
+            CommandBody::Escape { data } => {
+                let status = Status::new(slot.icc(), CommandStatus::Ok);
+                match data.as_slice() {
+                    [0x02] => with_data(c, status, self.model.firmware().as_bytes().to_vec()),
+                    [0x01, 0x01, 0x01] => {
+                        self.notify = true;
+                        with_data(c, status, Vec::new())
+                    }
+                    other => {
+                        tracing::debug!("escape {} not supported", hex::encode_upper(other));
+                        reply(c, failed(slot), error::CMD_NOT_SUPPORTED)
+                    }
+                }
+            }
+            CommandBody::IccPowerOn { .. } => match slot.card() {
+                None => reply(c, failed(slot), error::ICC_MUTE),
+                Some(card) => {
+                    card.power_on();
+                    let atr = card.atr();
+                    slot.powered = true;
+                    slot.protocol = 0;
+                    slot.parameters = T0_DEFAULT_PARAMETERS.to_vec();
+                    with_data(c, ok(slot), atr)
+                }
+            },
+            CommandBody::IccPowerOff => {
+                if let Some(card) = slot.card() {
+                    card.power_off();
+                }
+                slot.powered = false;
+                reply(c, ok(slot), 0)
+            }
+            CommandBody::GetSlotStatus => reply(c, ok(slot), 0),
+            CommandBody::GetParameters => {
+                if !slot.inserted {
+                    return reply(c, failed(slot), error::ICC_MUTE);
+                }
+                parameters(c, ok(slot), slot.protocol, slot.parameters.clone())
+            }
+            CommandBody::SetParameters { protocol, data } => {
+                let want = match protocol {
+                    0 => 5,
+                    1 => 7,
+                    // bError: the offset of bProtocolNum
+                    _ => return reply(c, failed(slot), 7),
+                };
+                if data.len() != want {
+                    // the offset of dwLength
+                    return reply(c, failed(slot), 1);
+                }
+                if !slot.inserted {
+                    return reply(c, failed(slot), error::ICC_MUTE);
+                }
+                slot.protocol = *protocol;
+                slot.parameters = data.clone();
+                parameters(c, ok(slot), slot.protocol, slot.parameters.clone())
+            }
+            CommandBody::XfrBlock { data, .. } => {
+                if !slot.powered {
+                    return reply(c, failed(slot), error::ICC_MUTE);
+                }
+                let Some(card) = slot.card() else {
+                    return reply(c, failed(slot), error::ICC_MUTE);
+                };
+                if data.first() == Some(&0xFF) && is_pps(data) {
+                    return with_data(c, ok(slot), data.clone());
+                }
+                let Some(tpdu) = t0_tpdu(data) else {
+                    // the TPDU's length does not match its P3: the offset of dwLength
+                    return reply(c, failed(slot), 1);
+                };
+                match card.process(&tpdu) {
+                    Reply::Answer(r) => with_data(c, ok(slot), r),
+                    Reply::Mute => reply(c, failed(slot), error::ICC_MUTE),
+                    Reply::Tear => {
+                        slot.pull();
+                        slot.reinsert_at = Some(Instant::now() + self.opts.reinsert_after);
+                        if c.slot == 0 {
+                            self.pending.push(false);
+                        }
+                        let s = &self.slots[usize::from(c.slot)];
+                        reply(c, failed(s), error::ICC_MUTE)
+                    }
+                }
+            }
+            CommandBody::Secure { .. } => {
+                // the PIN pad comes later: every Secure fails for now
+                reply(c, failed(slot), error::CMD_NOT_SUPPORTED)
+            }
+        }
+    }
+}
+
+/// The answer to `c` with no data (a SlotStatus, or an empty answer of `c`'s type).
+fn reply(c: &Command, status: Status, err: u8) -> Response {
+    let body = match c.answer_type() {
+        RDR_TO_PC_SLOT_STATUS => ResponseBody::SlotStatus { clock_status: 0 },
+        RDR_TO_PC_PARAMETERS => ResponseBody::Parameters {
+            protocol: 0,
+            data: Vec::new(),
+        },
+        RDR_TO_PC_ESCAPE => ResponseBody::Escape {
+            rfu: 0,
+            data: Vec::new(),
+        },
+        _ => ResponseBody::DataBlock {
+            chain: 0,
+            data: Vec::new(),
+        },
+    };
+    Response {
+        slot: c.slot,
+        seq: c.seq,
+        status,
+        error: err,
+        body,
+    }
+}
+
+/// A DataBlock or Escape answer to `c` carrying `data`.
+fn with_data(c: &Command, status: Status, data: Vec<u8>) -> Response {
+    let body = match c.answer_type() {
+        RDR_TO_PC_ESCAPE => ResponseBody::Escape { rfu: 0, data },
+        _ => ResponseBody::DataBlock { chain: 0, data },
+    };
+    Response {
+        slot: c.slot,
+        seq: c.seq,
+        status,
+        error: 0,
+        body,
+    }
+}
+
+fn parameters(c: &Command, status: Status, protocol: u8, data: Vec<u8>) -> Response {
+    Response {
+        slot: c.slot,
+        seq: c.seq,
+        status,
+        error: 0,
+        body: ResponseBody::Parameters { protocol, data },
+    }
+}
+
+/// A PPS request (ISO 7816-3 §9): `FF PPS0 [PPS1] [PPS2] [PPS3] PCK`, the PCK making
+/// the XOR of all its bytes zero.
+fn is_pps(b: &[u8]) -> bool {
+    let Some(&pps0) = b.get(1) else {
+        return false;
+    };
+    let optional = (pps0 >> 4 & 0x07).count_ones() as usize;
+    b.len() == 3 + optional && frame::lrc(b) == 0
+}
+
+/// The T=0 TPDU the reader sends the card for `command`: as it is when it is one
+/// (header with P3, and P3 data bytes or none), a 4-byte case 1 with P3 = 00, and a
+/// case-4 command without its Le. `None` when the length matches no case.
+fn t0_tpdu(command: &[u8]) -> Option<Vec<u8>> {
+    match command.len() {
+        0..=3 => None,
+        4 => {
+            let mut t = command.to_vec();
+            t.push(0);
+            Some(t)
+        }
+        5 => Some(command.to_vec()),
+        n => {
+            let lc = usize::from(command[4]);
+            if n == 5 + lc {
+                Some(command.to_vec())
+            } else if n == 6 + lc {
+                Some(command[..5 + lc].to_vec())
+            } else {
+                None
+            }
+        }
+    }
+}
+
+/// The master side of a pseudo-terminal pair; the reader's end of the serial line.
+pub struct Pty {
+    master: File,
+    /// Held open so that the master never reads EIO (hang-up) while no host has the
+    /// tty open.
+    _slave: OwnedFd,
+    path: PathBuf,
+}
+
+impl Pty {
+    /// Create a pair in raw mode (no echo, no signals, no line editing: libccid sets
+    /// the same when it opens the tty, but bytes may come before that).
+    pub fn open() -> io::Result<Pty> {
+        let mut master: libc::c_int = -1;
+        let mut slave: libc::c_int = -1;
+        // SAFETY: openpty writes two descriptors into the two live c_ints; the name,
+        // termios and winsize pointers may be null.
+        let r = unsafe {
+            libc::openpty(
+                &mut master,
+                &mut slave,
+                std::ptr::null_mut(),
+                std::ptr::null(),
+                std::ptr::null(),
+            )
+        };
+        if r != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: openpty succeeded: both descriptors are open and now owned here only.
+        let (master, slave) =
+            unsafe { (OwnedFd::from_raw_fd(master), OwnedFd::from_raw_fd(slave)) };
+        raw_mode(&slave)?;
+        let path = std::fs::read_link(format!("/proc/self/fd/{}", slave.as_raw_fd()))?;
+        Ok(Pty {
+            master: File::from(master),
+            _slave: slave,
+            path,
+        })
+    }
+
+    /// The host side's path (`/dev/pts/N`).
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Wait up to `timeout` for bytes from the host; `Ok(0)` when none came.
+    pub fn read_timeout(&mut self, buf: &mut [u8], timeout: Duration) -> io::Result<usize> {
+        let mut p = libc::pollfd {
+            fd: self.master.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        let ms = libc::c_int::try_from(timeout.as_millis()).unwrap_or(libc::c_int::MAX);
+        // SAFETY: poll on one live pollfd.
+        let r = unsafe { libc::poll(&mut p, 1, ms) };
+        if r < 0 {
+            let e = io::Error::last_os_error();
+            return if e.kind() == io::ErrorKind::Interrupted {
+                Ok(0)
+            } else {
+                Err(e)
+            };
+        }
+        if r == 0 {
+            return Ok(0);
+        }
+        match self.master.read(buf) {
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => Ok(0),
+            other => other,
+        }
+    }
+
+    pub fn write_all(&mut self, b: &[u8]) -> io::Result<()> {
+        self.master.write_all(b)
+    }
+}
+
+fn raw_mode(fd: &OwnedFd) -> io::Result<()> {
+    // SAFETY: termios is plain data; tcgetattr fills it for a live descriptor.
+    let mut t: libc::termios = unsafe { std::mem::zeroed() };
+    // SAFETY: a live descriptor and a pointer to a live termios.
+    if unsafe { libc::tcgetattr(fd.as_raw_fd(), &mut t) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: cfmakeraw only edits the struct it is given.
+    unsafe { libc::cfmakeraw(&mut t) };
+    // SAFETY: as for tcgetattr.
+    if unsafe { libc::tcsetattr(fd.as_raw_fd(), libc::TCSANOW, &t) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Point `link` at `target`, replacing what was there (through a rename, so that a
+/// reader of the link never sees it missing).
+pub fn update_link(link: &Path, target: &Path) -> io::Result<()> {
+    let tmp = link.with_extension(format!("tmp{}", std::process::id()));
+    let _ = std::fs::remove_file(&tmp);
+    std::os::unix::fs::symlink(target, &tmp)?;
+    std::fs::rename(&tmp, link)
+}
+
+/// What a control channel wants of the card in slot 0, set from signal handlers.
+static PULL: AtomicBool = AtomicBool::new(false);
+static PUSH: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_usr1(_: libc::c_int) {
+    PULL.store(true, Ordering::SeqCst);
+}
+
+extern "C" fn on_usr2(_: libc::c_int) {
+    PUSH.store(true, Ordering::SeqCst);
+}
+
+/// SIGUSR1 pulls the card in slot 0 out, SIGUSR2 puts it back (taken by [`serve`]).
+pub fn install_presence_signals() {
+    // SAFETY: the handlers only store to atomics, which is async-signal-safe.
+    unsafe {
+        libc::signal(libc::SIGUSR1, on_usr1 as *const () as libc::sighandler_t);
+        libc::signal(libc::SIGUSR2, on_usr2 as *const () as libc::sighandler_t);
+    }
+}
+
+/// Serve `reader` on `pty` until `stop` is set: read the host's bytes, answer them,
+/// and apply the presence signals and the torn cards' return between reads.
+pub fn serve(reader: &mut SerialReader, pty: &mut Pty, stop: &AtomicBool) -> io::Result<()> {
+    let mut buf = [0u8; 1024];
+    while !stop.load(Ordering::SeqCst) {
+        if PULL.swap(false, Ordering::SeqCst) {
+            reader.set_present(0, false);
+        }
+        if PUSH.swap(false, Ordering::SeqCst) {
+            reader.set_present(0, true);
+        }
+        reader.tick(Instant::now());
+        let n = pty.read_timeout(&mut buf, Duration::from_millis(50))?;
+        if n == 0 {
+            continue;
+        }
+        let out = reader.receive(&buf[..n]);
+        if !out.is_empty() {
+            pty.write_all(&out)?;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::card::{EmulatedCard, Knobs, Personalization, T0_ATR};
+    use crate::psam::{Psam, PSAM_ATR};
+    use sscard_driver::transport::serial::ccid::{
+        PC_TO_RDR_GET_SLOT_STATUS, PC_TO_RDR_ICC_POWER_ON, RDR_TO_PC_DATA_BLOCK,
+    };
+
+    fn card() -> Box<dyn VirtualCard> {
+        Box::new(
+            EmulatedCard::new(
+                &Personalization::default_test_card(),
+                Knobs {
+                    t0: true,
+                    ..Default::default()
+                },
+            )
+            .unwrap(),
+        )
+    }
+
+    fn psam() -> Box<dyn VirtualCard> {
+        let mut p = Psam::test_psam("650200".parse().unwrap(), "650200000001".parse().unwrap());
+        p.set_t0(true);
+        Box::new(p)
+    }
+
+    /// A host that frames commands as libccid does, with one bSeq for the port.
+    struct Host {
+        seq: u8,
+        echo: bool,
+    }
+
+    impl Host {
+        fn send(
+            &mut self,
+            r: &mut SerialReader,
+            slot: u8,
+            body: CommandBody,
+        ) -> (Response, Vec<Event>) {
+            let c = Command {
+                slot,
+                seq: self.seq,
+                body,
+            };
+            self.seq = self.seq.wrapping_add(1);
+            let msg = c.encode().unwrap();
+            let out = r.receive(&frame::encode(&msg));
+            let mut d = Decoder::new();
+            d.push(&out);
+            let mut ev = d.drain_events();
+            assert_eq!(d.buffered(), 0);
+            if self.echo {
+                assert_eq!(ev.remove(0), Event::Message(msg), "the echo first");
+            }
+            let Some(Event::Message(last)) = ev.pop() else {
+                panic!("no answer in {out:02X?}");
+            };
+            let resp = Response::decode(&last).unwrap();
+            assert_eq!((resp.slot, resp.seq), (c.slot, c.seq));
+            assert_eq!(resp.body_type(), c.answer_type());
+            (resp, ev)
+        }
+
+        fn xfr(&mut self, r: &mut SerialReader, slot: u8, apdu: &str) -> Vec<u8> {
+            let (resp, _) = self.send(
+                r,
+                slot,
+                CommandBody::XfrBlock {
+                    bwi: 0,
+                    level_parameter: 0,
+                    data: hex::decode(apdu).unwrap(),
+                },
+            );
+            assert!(!resp.failed(), "{resp:?}");
+            resp.data().to_vec()
+        }
+    }
+
+    trait BodyType {
+        fn body_type(&self) -> u8;
+    }
+    impl BodyType for Response {
+        fn body_type(&self) -> u8 {
+            match self.body {
+                ResponseBody::DataBlock { .. } => RDR_TO_PC_DATA_BLOCK,
+                ResponseBody::SlotStatus { .. } => RDR_TO_PC_SLOT_STATUS,
+                ResponseBody::Parameters { .. } => RDR_TO_PC_PARAMETERS,
+                ResponseBody::Escape { .. } => RDR_TO_PC_ESCAPE,
+            }
+        }
+    }
+
+    fn start(r: &mut SerialReader, h: &mut Host) {
+        let (fw, _) = h.send(r, 0, CommandBody::Escape { data: vec![0x02] });
+        assert_eq!(fw.data(), r.model().firmware().as_bytes());
+        assert!(fw.data().len() < 50, "fits libccid's buffer with its NUL");
+        let (n, _) = h.send(
+            r,
+            0,
+            CommandBody::Escape {
+                data: vec![1, 1, 1],
+            },
+        );
+        assert!(!n.failed());
+        assert!(n.data().is_empty());
+    }
+
+    /// libccidtwin's first frame, byte for byte, gets the firmware string, echoed first
+    /// on a GemPC Twin.
+    #[test]
+    fn answers_libccids_first_frame() {
+        let mut r = SerialReader::new(
+            Model::GemPcTwin,
+            vec![Some(card())],
+            ReaderOptions::default(),
+        )
+        .unwrap();
+        let first = [
+            0x03, 0x06, 0x6B, 0x01, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x02, 0x6D,
+        ];
+        let out = r.receive(&first);
+        assert_eq!(&out[..14], first, "echo");
+        let mut d = Decoder::new();
+        d.push(&out[14..]);
+        let Some(Event::Message(m)) = d.next_event() else {
+            panic!("{out:02X?}")
+        };
+        assert_eq!(m[0], RDR_TO_PC_ESCAPE);
+        assert_eq!(&m[10..], Model::GemPcTwin.firmware().as_bytes());
+        assert_eq!(d.next_event(), None);
+    }
+
+    #[test]
+    fn power_on_status_parameters_and_a_t0_exchange() {
+        let mut r = SerialReader::new(
+            Model::GemPcTwin,
+            vec![Some(card())],
+            ReaderOptions::default(),
+        )
+        .unwrap();
+        let mut h = Host { seq: 0, echo: true };
+        start(&mut r, &mut h);
+        let (s, _) = h.send(&mut r, 0, CommandBody::GetSlotStatus);
+        assert_eq!(s.status.icc(), IccStatus::PresentInactive);
+        let (atr, _) = h.send(&mut r, 0, CommandBody::IccPowerOn { power_select: 0 });
+        assert_eq!(atr.data(), T0_ATR);
+        let (s, _) = h.send(&mut r, 0, CommandBody::GetSlotStatus);
+        assert_eq!(s.status, Status(0x00), "present and active");
+        let (p, _) = h.send(&mut r, 0, CommandBody::GetParameters);
+        assert_eq!(p.data(), T0_DEFAULT_PARAMETERS);
+        // what libccid sends for this ATR (no TA1, no TC1, no TC2)
+        let (p, _) = h.send(
+            &mut r,
+            0,
+            CommandBody::SetParameters {
+                protocol: 0,
+                data: vec![0x11, 0x00, 0x00, 0x0A, 0x00],
+            },
+        );
+        assert!(!p.failed());
+        assert_eq!(
+            p.body,
+            ResponseBody::Parameters {
+                protocol: 0,
+                data: T0_DEFAULT_PARAMETERS.to_vec()
+            }
+        );
+        // GET DATA (case 2) answers its data; a case-4 command answers 61xx, whatever
+        // its Le, and GET RESPONSE gets the data
+        let d = h.xfr(&mut r, 0, "80CA000108");
+        assert_eq!(d, hex::decode("00112233445566779000").unwrap());
+        let aid = "00A404000F7378312E73682EC9E7BBE1B1A3D5CF";
+        assert_eq!(h.xfr(&mut r, 0, aid), [0x90, 0x00]);
+        let int_auth = "008800020801020304050607 08";
+        let int_auth = int_auth.replace(' ', "");
+        let sel = h.xfr(&mut r, 0, &int_auth);
+        assert_eq!(sel, [0x61, 0x10], "{sel:02X?}");
+        let with_le = h.xfr(&mut r, 0, &format!("{int_auth}10"));
+        assert_eq!(with_le, sel);
+        let gr = h.xfr(&mut r, 0, &format!("00C00000{:02X}", sel[1]));
+        assert_eq!(gr.len(), usize::from(sel[1]) + 2);
+        assert_eq!(&gr[gr.len() - 2..], [0x90, 0x00]);
+        // a TPDU whose P3 does not match its length fails
+        let (bad, _) = h.send(
+            &mut r,
+            0,
+            CommandBody::XfrBlock {
+                bwi: 0,
+                level_parameter: 0,
+                data: hex::decode("00A4040009A000").unwrap(),
+            },
+        );
+        assert!(bad.failed());
+        // a PPS is accepted
+        assert_eq!(
+            h.xfr(&mut r, 0, "FF1011FE"),
+            hex::decode("FF1011FE").unwrap()
+        );
+        // power off: present, not active; the card then answers nothing
+        let (off, _) = h.send(&mut r, 0, CommandBody::IccPowerOff);
+        assert_eq!(off.status.icc(), IccStatus::PresentInactive);
+        let (x, _) = h.send(
+            &mut r,
+            0,
+            CommandBody::XfrBlock {
+                bwi: 0,
+                level_parameter: 0,
+                data: hex::decode("80CA000108").unwrap(),
+            },
+        );
+        assert!(x.failed());
+        assert_eq!(x.error, error::ICC_MUTE);
+    }
+
+    #[test]
+    fn five_slots_without_echo_psam_in_slot_1() {
+        let mut r = SerialReader::new(
+            Model::GemCorePosPro,
+            vec![Some(card()), Some(psam())],
+            ReaderOptions::default(),
+        )
+        .unwrap();
+        let mut h = Host {
+            seq: 0xFE,
+            echo: false,
+        };
+        start(&mut r, &mut h);
+        let (a0, _) = h.send(&mut r, 0, CommandBody::IccPowerOn { power_select: 0 });
+        let (a1, _) = h.send(&mut r, 1, CommandBody::IccPowerOn { power_select: 0 });
+        assert_eq!((a0.data(), a1.data()), (&T0_ATR[..], &PSAM_ATR[..]));
+        for slot in 2..5 {
+            let (s, _) = h.send(&mut r, slot, CommandBody::GetSlotStatus);
+            assert_eq!(s.status.icc(), IccStatus::Absent);
+            let (p, _) = h.send(&mut r, slot, CommandBody::IccPowerOn { power_select: 0 });
+            assert_eq!((p.status.0, p.error), (0x42, error::ICC_MUTE));
+        }
+        let (bad, _) = h.send(&mut r, 5, CommandBody::GetSlotStatus);
+        assert_eq!((bad.status.0, bad.error), (0x42, 5));
+        assert_eq!(h.xfr(&mut r, 0, "80CA000108").len(), 10);
+        assert!(SerialReader::new(
+            Model::GemPcTwin,
+            vec![Some(card()), Some(psam())],
+            ReaderOptions::default()
+        )
+        .is_err());
+    }
+
+    #[test]
+    fn card_movements_are_notified_before_the_answer() {
+        let mut r = SerialReader::new(
+            Model::GemPcTwin,
+            vec![Some(card())],
+            ReaderOptions::default(),
+        )
+        .unwrap();
+        let mut h = Host { seq: 0, echo: true };
+        // before the notification mode is set: none sent
+        r.set_present(0, false);
+        let (s, ev) = h.send(&mut r, 0, CommandBody::GetSlotStatus);
+        assert!(ev.is_empty());
+        assert_eq!(s.status.icc(), IccStatus::Absent);
+        start(&mut r, &mut h);
+        r.set_present(0, true);
+        let (s, ev) = h.send(&mut r, 0, CommandBody::GetSlotStatus);
+        assert_eq!(ev, vec![Event::SlotChange(frame::SlotChange::Present)]);
+        assert_eq!(s.status.icc(), IccStatus::PresentInactive);
+        h.send(&mut r, 0, CommandBody::IccPowerOn { power_select: 0 });
+        r.set_present(0, false);
+        let (x, ev) = h.send(
+            &mut r,
+            0,
+            CommandBody::XfrBlock {
+                bwi: 0,
+                level_parameter: 0,
+                data: hex::decode("80CA000108").unwrap(),
+            },
+        );
+        assert_eq!(ev, vec![Event::SlotChange(frame::SlotChange::Absent)]);
+        assert_eq!((x.status.0, x.error), (0x42, error::ICC_MUTE));
+        assert!(!r.set_present(3, true), "no such slot");
+    }
+
+    #[test]
+    fn bad_lrc_gets_a_nak_and_a_nak_the_last_answer_again() {
+        let mut r = SerialReader::new(
+            Model::GemCorePosPro,
+            vec![Some(card())],
+            ReaderOptions::default(),
+        )
+        .unwrap();
+        let msg = [PC_TO_RDR_GET_SLOT_STATUS, 0, 0, 0, 0, 0, 7, 0, 0, 0];
+        let mut f = frame::encode(&msg);
+        let last = f.len() - 1;
+        f[last] ^= 0xFF;
+        assert_eq!(r.receive(&f), NAK_FRAME);
+        // a NAK before any answer: nothing
+        assert!(r.receive(&NAK_FRAME).is_empty());
+        // garbage, then the frame again, cut in two
+        let good = frame::encode(&msg);
+        assert!(r.receive(&[0x00, 0x42]).is_empty());
+        assert!(r.receive(&good[..4]).is_empty());
+        let answer = r.receive(&good[4..]);
+        let mut d = Decoder::new();
+        d.push(&answer);
+        let Some(Event::Message(m)) = d.next_event() else {
+            panic!()
+        };
+        assert_eq!(Response::decode(&m).unwrap().seq, 7);
+        assert_eq!(r.receive(&NAK_FRAME), answer);
+    }
+
+    #[test]
+    fn unknown_commands_and_escapes_fail_cleanly() {
+        let mut r = SerialReader::new(
+            Model::GemPcPinPad,
+            vec![Some(card())],
+            ReaderOptions::default(),
+        )
+        .unwrap();
+        let mut h = Host { seq: 0, echo: true };
+        let (e, _) = h.send(&mut r, 0, CommandBody::Escape { data: vec![0x6A] });
+        assert_eq!((e.failed(), e.error), (true, error::CMD_NOT_SUPPORTED));
+        let (s, _) = h.send(
+            &mut r,
+            0,
+            CommandBody::Secure {
+                bwi: 0,
+                level_parameter: 0,
+                data: vec![0x00],
+            },
+        );
+        assert_eq!((s.failed(), s.error), (true, error::CMD_NOT_SUPPORTED));
+        // an unknown message type, and a header whose dwLength lies: failed answers
+        for msg in [
+            vec![0x99, 0, 0, 0, 0, 0, 3, 0, 0, 0],
+            vec![PC_TO_RDR_ICC_POWER_ON, 1, 0, 0, 0, 0, 4, 0, 0, 0, 9],
+        ] {
+            let out = r.receive(&frame::encode(&msg));
+            let mut d = Decoder::new();
+            d.push(&out);
+            let ev = d.drain_events();
+            let Some(Event::Message(m)) = ev.last() else {
+                panic!()
+            };
+            let resp = Response::decode(m).unwrap();
+            assert!(resp.failed());
+            assert_eq!(resp.seq, msg[6]);
+        }
+    }
+
+    #[test]
+    fn a_torn_card_leaves_then_comes_back() {
+        let card = EmulatedCard::new(
+            &Personalization::default_test_card(),
+            Knobs {
+                t0: true,
+                tear: Some(crate::card::Tear {
+                    ins: 0xCA,
+                    nth: 1,
+                    commit: false,
+                }),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        let opts = ReaderOptions {
+            reinsert_after: Duration::from_millis(10),
+            ..Default::default()
+        };
+        let mut r =
+            SerialReader::new(Model::GemCorePosPro, vec![Some(Box::new(card))], opts).unwrap();
+        let mut h = Host {
+            seq: 0,
+            echo: false,
+        };
+        h.send(&mut r, 0, CommandBody::IccPowerOn { power_select: 0 });
+        let (x, _) = h.send(
+            &mut r,
+            0,
+            CommandBody::XfrBlock {
+                bwi: 0,
+                level_parameter: 0,
+                data: hex::decode("80CA000108").unwrap(),
+            },
+        );
+        assert_eq!((x.status.0, x.error), (0x42, error::ICC_MUTE));
+        assert!(!r.is_present(0));
+        r.tick(Instant::now() + Duration::from_millis(20));
+        assert!(r.is_present(0));
+    }
+
+    #[test]
+    fn t0_tpdu_cases() {
+        assert_eq!(t0_tpdu(&[0, 1, 2]), None);
+        assert_eq!(t0_tpdu(&[0, 1, 2, 3]), Some(vec![0, 1, 2, 3, 0]));
+        assert_eq!(t0_tpdu(&[0, 1, 2, 3, 0]), Some(vec![0, 1, 2, 3, 0]));
+        assert_eq!(t0_tpdu(&[0, 1, 2, 3, 1, 9]), Some(vec![0, 1, 2, 3, 1, 9]));
+        assert_eq!(
+            t0_tpdu(&[0, 1, 2, 3, 1, 9, 0]),
+            Some(vec![0, 1, 2, 3, 1, 9])
+        );
+        assert_eq!(t0_tpdu(&[0, 1, 2, 3, 1, 9, 0, 0]), None);
+        assert!(is_pps(&[0xFF, 0x00, 0xFF]));
+        assert!(is_pps(&[0xFF, 0x10, 0x11, 0xFE]));
+        assert!(!is_pps(&[0xFF, 0x10, 0x11]));
+        assert!(!is_pps(&[0xFF]));
+        assert_eq!(Model::parse("gemcorepospro"), Some(Model::GemCorePosPro));
+        assert_eq!(Model::parse("x"), None);
+    }
+
+    /// The pty pair carries bytes both ways.
+    #[test]
+    fn pty_pair() {
+        let mut pty = Pty::open().unwrap();
+        assert!(pty.path().starts_with("/dev/pts"));
+        let mut host = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(pty.path())
+            .unwrap();
+        host.write_all(&[0x03, 0x06, 0x0A, 0x0D]).unwrap();
+        let mut b = [0u8; 16];
+        let mut got = Vec::new();
+        while got.len() < 4 {
+            let n = pty.read_timeout(&mut b, Duration::from_secs(2)).unwrap();
+            assert!(n > 0, "timeout");
+            got.extend_from_slice(&b[..n]);
+        }
+        assert_eq!(
+            got,
+            [0x03, 0x06, 0x0A, 0x0D],
+            "raw: no CR/LF mapping, no signals"
+        );
+        pty.write_all(&[0x50, 0x03, 0x0D]).unwrap();
+        let mut r = [0u8; 3];
+        host.read_exact(&mut r).unwrap();
+        assert_eq!(r, [0x50, 0x03, 0x0D]);
+        let dir = tempfile::tempdir().unwrap();
+        let link = dir.path().join("ttyS-emu");
+        update_link(&link, pty.path()).unwrap();
+        update_link(&link, pty.path()).unwrap();
+        assert_eq!(std::fs::read_link(&link).unwrap(), pty.path());
+    }
+}

@@ -1,0 +1,95 @@
+//! The libccid cross-check (issue 10): pcscd drives the emulated serial readers of the
+//! test bed through libccid's own serial driver, `libccidtwin` (reader.conf
+//! `DEVICENAME <pty>:GemCorePOSPro` / `:GemPCTwin`), and the project's PC/SC backend
+//! reads and pays with the card in them. Where libccid and the emulator disagree, the
+//! emulator is wrong. Run under `scripts/with-pcscd` (scripts/test does), which starts
+//! the readers (`SSCARD_SERIAL_READERS`).
+
+use chrono::NaiveDate;
+use sscard_driver::app::{self, Pin};
+use sscard_driver::keyprovider::{KeyProvider, SoftwareKeys};
+use sscard_driver::keys::KeyPurpose;
+use sscard_driver::transport::pcsc::PcscContext;
+use sscard_driver::transport::{CardTransport, Protocol, Transaction};
+use sscard_firmware_tests::card::T0_ATR;
+use sscard_firmware_tests::clearing::purchase_tac;
+use sscard_firmware_tests::testbed::{wait_present, SerialReaderLease};
+use std::time::Duration;
+
+fn when() -> chrono::NaiveDateTime {
+    NaiveDate::from_ymd_opt(2026, 12, 4)
+        .unwrap()
+        .and_hms_opt(9, 30, 0)
+        .unwrap()
+}
+
+fn pharmacy() -> SoftwareKeys {
+    SoftwareKeys::test_keys(
+        "650200".parse().unwrap(),
+        "650200000001".parse().unwrap(),
+        &[KeyPurpose::Ext, KeyPurpose::Int, KeyPurpose::Purchase],
+    )
+}
+
+/// The reader's slots as pcscd lists them, the card's ATR and protocol, every record,
+/// and a purchase (VERIFY, INITIALIZE FOR PURCHASE, DEBIT) with its TAC checked.
+fn read_and_pay(model: &str, slots: usize) {
+    let lease = SerialReaderLease::acquire(model);
+    assert_eq!(lease.readers().len(), slots, "{:?}", lease.readers());
+    let mut card = lease.connect();
+    let st = card.status().unwrap();
+    assert!(st.present);
+    assert_eq!(st.atr, T0_ATR);
+    assert_eq!(st.protocol, Some(Protocol::T0));
+
+    let mut keys = pharmacy();
+    let mut tx = Transaction::begin(&mut card).unwrap();
+    let rec = app::read_card(&mut tx).unwrap();
+    assert_eq!(rec.name, "张三");
+    assert_eq!(rec.card_number, "A65020001");
+    assert!(!rec.blocked);
+    assert!(
+        app::internal_authenticate(&mut tx, &mut keys, &rec.card_id).unwrap(),
+        "genuine card"
+    );
+    app::external_authenticate(&mut tx, &mut keys, &rec.card_id).unwrap();
+    app::verify_pin(&mut tx, &Pin::new("123456").unwrap()).unwrap();
+    let before = app::balance(&mut tx).unwrap();
+    let p = app::initialize_purchase(&mut tx, &mut keys, &rec.card_id, 250, when()).unwrap();
+    assert_eq!(p.balance_before, before);
+    let proof = p.debit(&mut tx, &mut keys).unwrap();
+    assert_eq!(proof.balance_after, before - 250);
+    assert_eq!(app::balance(&mut tx).unwrap(), before - 250);
+    assert_eq!(
+        proof.tac,
+        purchase_tac(rec.card_id, keys.terminal_id(), &proof, when())
+    );
+    drop(tx);
+    drop(card);
+
+    // the card pulled and put back: pcscd sees both through libccid's polling
+    lease.remove();
+    lease.insert();
+    let mut card = lease.connect();
+    let mut tx = Transaction::begin(&mut card).unwrap();
+    assert_eq!(app::read_card(&mut tx).unwrap().card_id, rec.card_id);
+    assert_eq!(app::balance(&mut tx).unwrap(), before - 250);
+    drop(tx);
+    drop(card);
+
+    // the other slots are empty
+    let ctx = PcscContext::establish().unwrap();
+    for r in &lease.readers()[1..] {
+        wait_present(&ctx, r, false, Duration::from_secs(1));
+    }
+}
+
+#[test]
+fn gemcore_pos_pro_through_libccid() {
+    read_and_pay("GemCorePOSPro", 5);
+}
+
+#[test]
+fn gempc_twin_through_libccid() {
+    read_and_pay("GemPCTwin", 1);
+}
