@@ -157,6 +157,97 @@ fn upload_timeout() -> u64 {
     30
 }
 
+/// The serial card readers the daemon knows (the GemPC Twin / GemCore protocol of
+/// libccid's serial driver; docs/serial-readers.md).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+pub enum SerialModel {
+    /// One slot; echoes each command before its answer.
+    GemPCTwin,
+    /// GemPC Twin with a keypad (PIN pad).
+    GemPCPinPad,
+    /// Five slots (a card and SAMs) on one port; no echo.
+    GemCorePOSPro,
+    /// GemCore SIM Pro; no echo.
+    GemCoreSIMPro,
+    /// SEC1210 (two slots); no echo.
+    SEC1210,
+}
+
+impl SerialModel {
+    /// The model's name as configured (and as libccid's reader.conf suffix).
+    pub fn name(self) -> &'static str {
+        match self {
+            SerialModel::GemPCTwin => "GemPCTwin",
+            SerialModel::GemPCPinPad => "GemPCPinPad",
+            SerialModel::GemCorePOSPro => "GemCorePOSPro",
+            SerialModel::GemCoreSIMPro => "GemCoreSIMPro",
+            SerialModel::SEC1210 => "SEC1210",
+        }
+    }
+}
+
+impl std::str::FromStr for SerialModel {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        use serde::de::IntoDeserializer;
+        SerialModel::deserialize(IntoDeserializer::<serde::de::value::Error>::into_deserializer(
+            s,
+        ))
+        .map_err(|_| {
+            format!("{s:?} is not a serial reader model (GemPCTwin, GemPCPinPad, GemCorePOSPro, GemCoreSIMPro, SEC1210)")
+        })
+    }
+}
+
+/// A serial card reader (api.md 1.1 `[[serial]]`): each of its slots is a reader named
+/// `<model> <path> <slot>`.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SerialConfig {
+    /// The port: `/dev/ttyS0`, `/dev/ttyUSB0`, or a stable `/dev/serial/by-id/…` link.
+    pub path: PathBuf,
+    #[serde(default = "serial_model")]
+    pub model: SerialModel,
+    #[serde(default = "serial_baud", deserialize_with = "baud")]
+    pub baud: u32,
+}
+
+fn serial_model() -> SerialModel {
+    SerialModel::GemPCTwin
+}
+fn serial_baud() -> u32 {
+    115_200
+}
+
+fn baud<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
+    let b = u32::deserialize(d)?;
+    match b {
+        9600 | 19200 | 38400 | 57600 | 115_200 => Ok(b),
+        _ => Err(serde::de::Error::custom(
+            "9600, 19200, 38400, 57600 or 115200 (bit/s)",
+        )),
+    }
+}
+
+impl SerialConfig {
+    /// `PATH[:MODEL]` (`--serial`): split at the last colon, since device paths may
+    /// hold colons; without a model, GemPCTwin.
+    pub fn from_arg(arg: &str) -> Result<SerialConfig, String> {
+        let (path, model) = match arg.rsplit_once(':') {
+            Some((p, m)) if !p.is_empty() && !m.contains('/') => (p, m.parse()?),
+            _ => (arg, serial_model()),
+        };
+        if path.is_empty() {
+            return Err("--serial: a port path, e.g. /dev/ttyUSB0:GemCorePOSPro".into());
+        }
+        Ok(SerialConfig {
+            path: PathBuf::from(path),
+            model,
+            baud: serial_baud(),
+        })
+    }
+}
+
 /// The daemon's configuration.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Config {
@@ -191,6 +282,8 @@ pub struct Config {
     pub backup: BackupConfig,
     pub upload: Option<UploadConfig>,
     pub operators: Vec<Operator>,
+    /// Serial card readers (`[[serial]]`).
+    pub serial: Vec<SerialConfig>,
 }
 
 // ---- the file as written; spans kept where a later check needs a line ----
@@ -232,6 +325,8 @@ struct RawConfig {
     upload: Option<UploadConfig>,
     #[serde(default)]
     operators: Vec<RawOperator>,
+    #[serde(default)]
+    serial: Vec<SerialConfig>,
 }
 
 #[derive(Deserialize)]
@@ -547,6 +642,7 @@ impl Config {
             backup: raw.backup,
             upload: raw.upload,
             operators,
+            serial: raw.serial,
         })
     }
 
@@ -582,6 +678,7 @@ impl Config {
             },
             upload: None,
             operators: Vec::new(),
+            serial: Vec::new(),
         }
     }
 
@@ -607,6 +704,49 @@ mod tests {
 
     fn err(extra: &str) -> String {
         Config::parse(&format!("{BASE}{extra}")).unwrap_err()
+    }
+
+    #[test]
+    fn serial_readers_are_declared_with_their_model_and_speed() {
+        let c = Config::parse(&format!(
+            "{BASE}[[serial]]\npath = \"/dev/ttyS0\"\n\
+             [[serial]]\npath = \"/dev/serial/by-id/usb-Gemalto:x\"\nmodel = \"GemCorePOSPro\"\nbaud = 38400\n"
+        ))
+        .unwrap();
+        assert_eq!(c.serial.len(), 2);
+        assert_eq!(
+            (c.serial[0].model, c.serial[0].baud),
+            (SerialModel::GemPCTwin, 115_200)
+        );
+        assert_eq!(c.serial[1].model, SerialModel::GemCorePOSPro);
+        assert_eq!(c.serial[1].baud, 38400);
+        assert!(Config::parse(BASE).unwrap().serial.is_empty());
+        let e = err("[[serial]]\npath = \"/dev/ttyS0\"\nmodel = \"GemPC\"\n");
+        assert!(e.contains("serial") && e.contains("model"), "{e}");
+        let e = err("[[serial]]\npath = \"/dev/ttyS0\"\nbaud = 1234\n");
+        assert!(e.contains("baud"), "{e}");
+        let e = err("[[serial]]\nport = \"/dev/ttyS0\"\n");
+        assert!(e.contains("port"), "{e}");
+    }
+
+    #[test]
+    fn a_serial_argument_splits_at_its_last_colon() {
+        let s = SerialConfig::from_arg("/dev/ttyUSB0:GemCorePOSPro").unwrap();
+        assert_eq!(
+            (s.path, s.model),
+            (PathBuf::from("/dev/ttyUSB0"), SerialModel::GemCorePOSPro)
+        );
+        let s = SerialConfig::from_arg("/dev/serial/by-path/pci-0000:00:14.0-usb-0:1:GemPCTwin")
+            .unwrap();
+        assert_eq!(
+            s.path,
+            PathBuf::from("/dev/serial/by-path/pci-0000:00:14.0-usb-0:1")
+        );
+        let s = SerialConfig::from_arg("/dev/ttyS0").unwrap();
+        assert_eq!(s.model, SerialModel::GemPCTwin, "libccid's default model");
+        assert!(SerialConfig::from_arg("/dev/ttyS0:Nope").is_err());
+        assert!(SerialConfig::from_arg("").is_err());
+        assert_eq!("SEC1210".parse(), Ok(SerialModel::SEC1210));
     }
 
     #[test]

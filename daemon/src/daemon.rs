@@ -91,6 +91,13 @@ impl Daemon {
     /// Open everything; any failure is a message for the operator.
     pub async fn start(opts: Options) -> Result<Daemon, String> {
         let config = opts.config;
+        if let Some(s) = config.serial.first() {
+            // refused rather than ignored: a pharmacy must not believe its reader is served
+            return Err(format!(
+                "[[serial]] {}: serial readers are not served by this build yet",
+                s.path.display()
+            ));
+        }
         if let Some(dir) = config
             .journal
             .parent()

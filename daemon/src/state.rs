@@ -113,6 +113,11 @@ impl State {
             new.max_connections = old.max_connections;
             new.max_unauthenticated = old.max_unauthenticated;
         }
+        if new.serial != old.serial {
+            // the serial readers are opened at start
+            kept.push("serial");
+            new.serial = old.serial.clone();
+        }
         if !kept.is_empty() {
             tracing::warn!("reload: {} changed; restart to apply", kept.join("; "));
         }

@@ -60,12 +60,20 @@ fn the_unit_runs_as_sscard_hardened_with_the_default_paths() {
     for (k, v) in [
         ("NoNewPrivileges", "yes"),
         ("ProtectSystem", "strict"),
-        ("PrivateDevices", "yes"),
+        ("DevicePolicy", "closed"),
+        ("SupplementaryGroups", "dialout"),
         ("CapabilityBoundingSet", ""),
         ("KillSignal", "SIGTERM"),
     ] {
         assert_eq!(values(&u, k), [v], "{k}");
     }
+    // no device but the serial ports card readers hang on (PrivateDevices would hide
+    // them all)
+    assert_eq!(
+        values(&u, "DeviceAllow"),
+        ["char-ttyS rw", "char-ttyUSB rw", "char-ttyACM rw"]
+    );
+    assert!(values(&u, "PrivateDevices").is_empty());
     // the default socket, journal and backups live in the directories the unit makes
     // writable (everything else is read-only under ProtectSystem=strict)
     let c = Config::test("650200".parse().unwrap(), "650200000001".parse().unwrap());
