@@ -362,7 +362,8 @@ impl Drop for Relay {
 
 fn quick() -> Timing {
     Timing {
-        answer: Duration::from_millis(400),
+        // short enough for the tests of silence, long enough for a loaded machine
+        answer: Duration::from_millis(1000),
         ..Timing::default()
     }
 }
@@ -411,11 +412,11 @@ fn time_requests_keep_a_slow_answer_alive_and_silence_times_out() {
     let reader =
         SerialReader::open_with(&relay.path.to_string_lossy(), Model::GemPcTwin, quick()).unwrap();
     let mut card = reader.connect(0).unwrap();
-    // every answer a second late (2.5 × the answer timeout), with a time request
-    // every 200 ms
+    // every answer 2.5 s late (2.5 × the answer timeout), with a time request every
+    // 300 ms
     relay.set(LineFaults {
-        hold: Duration::from_millis(1000),
-        te_every: Some(Duration::from_millis(200)),
+        hold: Duration::from_millis(2500),
+        te_every: Some(Duration::from_millis(300)),
         ..Default::default()
     });
     let mut tx = Transaction::begin(&mut card).unwrap();
@@ -430,7 +431,7 @@ fn time_requests_keep_a_slow_answer_alive_and_silence_times_out() {
     );
     // the same delay without time requests
     relay.set(LineFaults {
-        hold: Duration::from_millis(1000),
+        hold: Duration::from_millis(2500),
         ..Default::default()
     });
     let e = tx.transmit(&read).unwrap_err();
@@ -441,6 +442,6 @@ fn time_requests_keep_a_slow_answer_alive_and_silence_times_out() {
     drop(tx);
     // the late answer is skipped; the link goes on
     relay.set(LineFaults::default());
-    std::thread::sleep(Duration::from_millis(1200));
+    std::thread::sleep(Duration::from_millis(2000));
     read_and_pay(&mut card);
 }
