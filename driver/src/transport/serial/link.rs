@@ -31,6 +31,7 @@ use crate::transport::TransportError;
 use std::collections::VecDeque;
 use std::io;
 use std::time::{Duration, Instant};
+use zeroize::{Zeroize, Zeroizing};
 
 /// Timeouts and bounds of the link.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -302,11 +303,19 @@ impl Link {
         answer: Duration,
     ) -> Result<Response, TransportError> {
         let seq = self.next_seq();
-        let command = Command { slot, seq, body };
-        let message = command
-            .encode()
-            .map_err(|e| TransportError::Protocol(e.to_string()))?;
-        let frame = frame::encode(&message);
+        let mut command = Command { slot, seq, body };
+        // a VERIFY carries the PIN: no copy of the command outlives the exchange
+        let message = Zeroizing::new(
+            command
+                .encode()
+                .map_err(|e| TransportError::Protocol(e.to_string()))?,
+        );
+        if let CommandBody::XfrBlock { data, .. } | CommandBody::Secure { data, .. } =
+            &mut command.body
+        {
+            data.zeroize();
+        }
+        let frame = Zeroizing::new(frame::encode(&message));
         // leftovers (a late answer, an echo) are no answer to this command
         while let Some(ev) = self.decoder.next_event() {
             if let Event::SlotChange(c) = ev {
@@ -360,11 +369,13 @@ impl Link {
                         deadline = Instant::now() + answer;
                     }
                     Event::Message(m) => {
+                        // an echo carries the command, PIN and all
+                        let m = Zeroizing::new(m);
                         // whatever came before an intact frame was noise
                         damaged = false;
                         // the echo of our command (or of an earlier one) is no answer
                         if m.first().is_none_or(|k| *k < 0x80) {
-                            echo_seen |= m == message;
+                            echo_seen |= *m == *message;
                             continue;
                         }
                         let r = match Response::decode(&m) {
