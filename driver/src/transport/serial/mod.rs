@@ -9,6 +9,24 @@
 //!   incremental decoder that resynchronises after garbage.
 //! - [`ccid`]: the CCID messages those frames carry (USB CCID specification rev 1.1,
 //!   §6.1 and §6.2), typed, with encode and decode.
+//!
+//! The backend on top of them (T=0 cards for now; T=1 and the PIN pad come later):
+//!
+//! - [`port`]: the port, opened as libccidtwin opens it (115200 bit/s, 8N2, raw);
+//! - [`link`]: one command at a time on the port, with one `bSeq` for all its slots:
+//!   echo and late answers skipped, NAKs both ways (bounded), time requests, card
+//!   movement notices, timeouts, a vanished port reopened at the next use;
+//! - [`tpdu`]: short APDUs as T=0 TPDUs;
+//! - [`model`]: the reader models and what differs between them on the wire;
+//! - [`reader`]: [`reader::SerialReader`] and its slots, [`reader::SerialSlot`], each a
+//!   [`super::CardTransport`].
 
 pub mod ccid;
+#[cfg(test)]
+mod fake;
 pub mod frame;
+pub mod link;
+pub mod model;
+pub mod port;
+pub mod reader;
+pub mod tpdu;
