@@ -36,6 +36,7 @@
 use crate::session::Role;
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
+use sscard_driver::transport::serial::model::{split_spec, Model};
 use sscard_driver::{Region, TerminalId};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -157,64 +158,26 @@ fn upload_timeout() -> u64 {
     30
 }
 
-/// The serial card readers the daemon knows (the GemPC Twin / GemCore protocol of
-/// libccid's serial driver; docs/serial-readers.md).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
-pub enum SerialModel {
-    /// One slot; echoes each command before its answer.
-    GemPCTwin,
-    /// GemPC Twin with a keypad (PIN pad).
-    GemPCPinPad,
-    /// Five slots (a card and SAMs) on one port; no echo.
-    GemCorePOSPro,
-    /// GemCore SIM Pro; no echo.
-    GemCoreSIMPro,
-    /// SEC1210 (two slots); no echo.
-    SEC1210,
-}
-
-impl SerialModel {
-    /// The model's name as configured (and as libccid's reader.conf suffix).
-    pub fn name(self) -> &'static str {
-        match self {
-            SerialModel::GemPCTwin => "GemPCTwin",
-            SerialModel::GemPCPinPad => "GemPCPinPad",
-            SerialModel::GemCorePOSPro => "GemCorePOSPro",
-            SerialModel::GemCoreSIMPro => "GemCoreSIMPro",
-            SerialModel::SEC1210 => "SEC1210",
-        }
-    }
-}
-
-impl std::str::FromStr for SerialModel {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        use serde::de::IntoDeserializer;
-        SerialModel::deserialize(IntoDeserializer::<serde::de::value::Error>::into_deserializer(
-            s,
-        ))
-        .map_err(|_| {
-            format!("{s:?} is not a serial reader model (GemPCTwin, GemPCPinPad, GemCorePOSPro, GemCoreSIMPro, SEC1210)")
-        })
-    }
-}
-
-/// A serial card reader (api.md 1.1 `[[serial]]`): each of its slots is a reader named
-/// `<model> <path> <slot>`.
+/// A serial card reader (api.md 1.1 `[[serial]]`; the GemPC Twin / GemCore protocol of
+/// libccid's serial driver, docs/serial-readers.md): each of its slots is a reader
+/// named `<model> <path> <slot>`.
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SerialConfig {
     /// The port: `/dev/ttyS0`, `/dev/ttyUSB0`, or a stable `/dev/serial/by-id/…` link.
     pub path: PathBuf,
-    #[serde(default = "serial_model")]
-    pub model: SerialModel,
+    #[serde(default, deserialize_with = "serial_model")]
+    pub model: Model,
     #[serde(default = "serial_baud", deserialize_with = "baud")]
     pub baud: u32,
 }
 
-fn serial_model() -> SerialModel {
-    SerialModel::GemPCTwin
+fn serial_model<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Model, D::Error> {
+    String::deserialize(d)?.parse().map_err(
+        |e: sscard_driver::transport::serial::model::UnknownModel| serde::de::Error::custom(e),
+    )
 }
+
 fn serial_baud() -> u32 {
     115_200
 }
@@ -231,12 +194,10 @@ fn baud<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
 
 impl SerialConfig {
     /// `PATH[:MODEL]` (`--serial`): split at the last colon, since device paths may
-    /// hold colons; without a model, GemPCTwin.
+    /// hold colons; what follows it is the model if it names one, else part of the path
+    /// (the model is then libccid's default, the GemPC Twin).
     pub fn from_arg(arg: &str) -> Result<SerialConfig, String> {
-        let (path, model) = match arg.rsplit_once(':') {
-            Some((p, m)) if !p.is_empty() && !m.contains('/') => (p, m.parse()?),
-            _ => (arg, serial_model()),
-        };
+        let (path, model) = split_spec(arg);
         if path.is_empty() {
             return Err("--serial: a port path, e.g. /dev/ttyUSB0:GemCorePOSPro".into());
         }
@@ -716,13 +677,13 @@ mod tests {
         assert_eq!(c.serial.len(), 2);
         assert_eq!(
             (c.serial[0].model, c.serial[0].baud),
-            (SerialModel::GemPCTwin, 115_200)
+            (Model::GemPcTwin, 115_200)
         );
-        assert_eq!(c.serial[1].model, SerialModel::GemCorePOSPro);
+        assert_eq!(c.serial[1].model, Model::GemCorePosPro);
         assert_eq!(c.serial[1].baud, 38400);
         assert!(Config::parse(BASE).unwrap().serial.is_empty());
         let e = err("[[serial]]\npath = \"/dev/ttyS0\"\nmodel = \"GemPC\"\n");
-        assert!(e.contains("serial") && e.contains("model"), "{e}");
+        assert!(e.contains("serial") && e.contains("GemPC"), "{e}");
         let e = err("[[serial]]\npath = \"/dev/ttyS0\"\nbaud = 1234\n");
         assert!(e.contains("baud"), "{e}");
         let e = err("[[serial]]\nport = \"/dev/ttyS0\"\n");
@@ -734,19 +695,14 @@ mod tests {
         let s = SerialConfig::from_arg("/dev/ttyUSB0:GemCorePOSPro").unwrap();
         assert_eq!(
             (s.path, s.model),
-            (PathBuf::from("/dev/ttyUSB0"), SerialModel::GemCorePOSPro)
+            (PathBuf::from("/dev/ttyUSB0"), Model::GemCorePosPro)
         );
-        let s = SerialConfig::from_arg("/dev/serial/by-path/pci-0000:00:14.0-usb-0:1:GemPCTwin")
-            .unwrap();
-        assert_eq!(
-            s.path,
-            PathBuf::from("/dev/serial/by-path/pci-0000:00:14.0-usb-0:1")
-        );
-        let s = SerialConfig::from_arg("/dev/ttyS0").unwrap();
-        assert_eq!(s.model, SerialModel::GemPCTwin, "libccid's default model");
-        assert!(SerialConfig::from_arg("/dev/ttyS0:Nope").is_err());
+        let p = "/dev/serial/by-path/pci-0000:00:14.0-usb-0:1:1.0-port0";
+        let s = SerialConfig::from_arg(&format!("{p}:GemPCTwin")).unwrap();
+        assert_eq!(s.path, PathBuf::from(p));
+        let s = SerialConfig::from_arg(p).unwrap();
+        assert_eq!((s.path, s.model), (PathBuf::from(p), Model::GemPcTwin));
         assert!(SerialConfig::from_arg("").is_err());
-        assert_eq!("SEC1210".parse(), Ok(SerialModel::SEC1210));
     }
 
     #[test]

@@ -91,13 +91,6 @@ impl Daemon {
     /// Open everything; any failure is a message for the operator.
     pub async fn start(opts: Options) -> Result<Daemon, String> {
         let config = opts.config;
-        if let Some(s) = config.serial.first() {
-            // refused rather than ignored: a pharmacy must not believe its reader is served
-            return Err(format!(
-                "[[serial]] {}: serial readers are not served by this build yet",
-                s.path.display()
-            ));
-        }
         if let Some(dir) = config
             .journal
             .parent()
@@ -135,6 +128,13 @@ impl Daemon {
             tokio::spawn(crate::backup::run(state.clone())),
         ];
         readers.start(opts.readers).await;
+        if !config.serial.is_empty() {
+            readers
+                .start(Box::new(crate::readers::serial::SerialSource::new(
+                    &config.serial,
+                )))
+                .await;
+        }
         let mut listeners = vec![Listener::Unix(bind_unix(
             &config.socket,
             config.socket_mode,

@@ -4,7 +4,7 @@
 #![forbid(unsafe_code)]
 
 use clap::Parser;
-use sscard_daemon::config::{token_hash, Config, KeysConfig, Operator, DEFAULT_PATH};
+use sscard_daemon::config::{token_hash, Config, KeysConfig, Operator, SerialConfig, DEFAULT_PATH};
 use sscard_daemon::keys::KeySource;
 use sscard_daemon::readers::pcsc::PcscSource;
 use sscard_daemon::readers::sim::SimControl;
@@ -41,6 +41,11 @@ struct Args {
     /// backup.dir: they go to `backup/` in the temporary directory, or beside this file.
     #[arg(long)]
     journal: Option<PathBuf>,
+    /// With --simulate/--dev: a serial reader `PATH[:MODEL]` (GemPCTwin, GemPCPinPad,
+    /// GemCorePOSPro, GemCoreSIMPro; the path is split at its last colon), repeatable.
+    /// A configuration declares its readers with `[[serial]]`.
+    #[arg(long = "serial", value_name = "PATH[:MODEL]")]
+    serial: Vec<String>,
 }
 
 /// Where a demo mode's backups go: `backup/` beside its journal.
@@ -103,6 +108,14 @@ fn main() {
         });
         token = Some(t);
         tmp = Some(dir);
+    }
+    if !a.serial.is_empty() && !demo {
+        fail("--serial goes with --simulate or --dev; a configuration has [[serial]]");
+    }
+    for s in &a.serial {
+        config
+            .serial
+            .push(SerialConfig::from_arg(s).unwrap_or_else(|e| fail(e)));
     }
     if let Some(s) = a.socket {
         config.socket = s;

@@ -9,6 +9,7 @@
 
 use sscard_driver::transport::pcsc::{PcscCard, PcscContext, ShareMode};
 use std::fs::File;
+use std::io::{BufRead, BufReader};
 use std::os::fd::AsRawFd;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -370,5 +371,59 @@ impl Drop for SerialReaderLease {
                 std::thread::sleep(Duration::from_millis(20));
             }
         }
+    }
+}
+
+/// An `sscard-vcard --serial-reader` process: an emulated serial reader on a
+/// pseudo-terminal, with the default T=0 card in slot 0; killed on drop.
+pub struct SerialVcard {
+    child: Child,
+    /// The host side of the pseudo-terminal (what a driver opens).
+    pub pty: PathBuf,
+}
+
+impl SerialVcard {
+    /// Start one of model `model` (`GemPCTwin`, `GemCorePOSPro`, …) with extra `args`.
+    pub fn start(model: &str, args: &[&str]) -> SerialVcard {
+        let mut child = Command::new(bin_path("sscard-vcard"))
+            .args(["--serial-reader", "--t0", "--model", model])
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn sscard-vcard");
+        let out = child.stdout.take().expect("stdout");
+        let mut lines = BufReader::new(out).lines();
+        let first = lines
+            .next()
+            .expect("a first line")
+            .expect("stdout readable");
+        let pty = PathBuf::from(
+            first
+                .strip_prefix("pty: ")
+                .unwrap_or_else(|| panic!("first line {first:?}")),
+        );
+        // keep the pipe drained, whatever it prints later
+        std::thread::spawn(move || lines.for_each(drop));
+        SerialVcard { child, pty }
+    }
+
+    /// Send the emulator a signal: `USR1` pulls the card in slot 0 out, `USR2` puts it
+    /// back.
+    pub fn signal(&self, sig: &str) {
+        let ok = Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(self.child.id().to_string())
+            .status()
+            .expect("kill")
+            .success();
+        assert!(ok, "kill -{sig}");
+    }
+}
+
+impl Drop for SerialVcard {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }

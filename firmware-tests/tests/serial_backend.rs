@@ -18,60 +18,12 @@ use sscard_driver::transport::{CardTransport, Transaction, TransportError};
 use sscard_driver::CommandApdu;
 use sscard_emulator::psam::PSAM_AID;
 use sscard_firmware_tests::clearing::purchase_tac;
-use sscard_firmware_tests::testbed::bin_path;
-use std::io::{BufRead, BufReader};
+use sscard_firmware_tests::testbed::SerialVcard;
+
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 /// An `sscard-vcard --serial-reader` process; killed on drop.
-struct SerialVcard {
-    child: Child,
-    pty: PathBuf,
-}
-
-impl SerialVcard {
-    fn start(model: Model, args: &[&str]) -> SerialVcard {
-        let mut child = Command::new(bin_path("sscard-vcard"))
-            .args(["--serial-reader", "--t0", "--model", model.name()])
-            .args(args)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("spawn sscard-vcard");
-        let out = child.stdout.take().expect("stdout");
-        let mut lines = BufReader::new(out).lines();
-        let first = lines
-            .next()
-            .expect("a first line")
-            .expect("stdout readable");
-        let pty = PathBuf::from(
-            first
-                .strip_prefix("pty: ")
-                .unwrap_or_else(|| panic!("first line {first:?}")),
-        );
-        // keep the pipe drained, whatever it prints later
-        std::thread::spawn(move || lines.for_each(drop));
-        SerialVcard { child, pty }
-    }
-
-    fn signal(&self, sig: &str) {
-        let ok = Command::new("kill")
-            .arg(format!("-{sig}"))
-            .arg(self.child.id().to_string())
-            .status()
-            .expect("kill")
-            .success();
-        assert!(ok, "kill -{sig}");
-    }
-}
-
-impl Drop for SerialVcard {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 fn when() -> chrono::NaiveDateTime {
     NaiveDate::from_ymd_opt(2026, 11, 23)
@@ -113,7 +65,7 @@ fn read_and_pay(card: &mut dyn CardTransport) {
 }
 
 fn read_and_pay_on(model: Model) {
-    let v = SerialVcard::start(model, &[]);
+    let v = SerialVcard::start(model.name(), &[]);
     let reader = SerialReader::open(&v.pty.to_string_lossy(), model).unwrap();
     assert!(
         reader.firmware().contains("emulated"),
@@ -140,7 +92,7 @@ fn read_and_pay_on_a_gemcore_pos_pro() {
 
 #[test]
 fn the_psam_slot_answers_while_the_card_is_in_a_transaction() {
-    let v = SerialVcard::start(Model::GemCorePosPro, &["--with-psam"]);
+    let v = SerialVcard::start(Model::GemCorePosPro.name(), &["--with-psam"]);
     let reader = SerialReader::open(&v.pty.to_string_lossy(), Model::GemCorePosPro).unwrap();
     let mut card = reader.connect(0).unwrap();
     let mut sam = reader.connect(1).unwrap();
@@ -180,7 +132,7 @@ fn wait_for<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
 
 #[test]
 fn a_card_pulled_and_put_back_is_a_new_presentation() {
-    let v = SerialVcard::start(Model::GemPcTwin, &[]);
+    let v = SerialVcard::start(Model::GemPcTwin.name(), &[]);
     let reader = SerialReader::open(&v.pty.to_string_lossy(), Model::GemPcTwin).unwrap();
     let mut card = reader.connect(0).unwrap();
     assert!(!card.begin().unwrap().new_presentation());
@@ -205,7 +157,7 @@ fn unplugged_and_plugged_in_again_behind_the_same_path() {
     let dir = tempfile::tempdir().unwrap();
     let link = dir.path().join("ttyGEM");
     let link_s = link.to_string_lossy().to_string();
-    let v = SerialVcard::start(Model::GemCorePosPro, &["--link", &link_s]);
+    let v = SerialVcard::start(Model::GemCorePosPro.name(), &["--link", &link_s]);
     wait_path(&link);
     let reader = SerialReader::open(&link_s, Model::GemCorePosPro).unwrap();
     let mut card = reader.connect(0).unwrap();
@@ -220,7 +172,7 @@ fn unplugged_and_plugged_in_again_behind_the_same_path() {
     std::fs::remove_file(&link).ok();
     assert!(matches!(card.status(), Err(TransportError::NoReader(_))));
     // plugged in again: a new pty behind the same path
-    let _v = SerialVcard::start(Model::GemCorePosPro, &["--link", &link_s]);
+    let _v = SerialVcard::start(Model::GemCorePosPro.name(), &["--link", &link_s]);
     wait_path(&link);
     let t = card.begin().unwrap();
     assert!(t.new_presentation());
@@ -230,7 +182,7 @@ fn unplugged_and_plugged_in_again_behind_the_same_path() {
 
 #[test]
 fn a_mute_card_is_a_timeout_with_the_outcome_unknown() {
-    let v = SerialVcard::start(Model::GemPcTwin, &["--mute"]);
+    let v = SerialVcard::start(Model::GemPcTwin.name(), &["--mute"]);
     let reader = SerialReader::open(&v.pty.to_string_lossy(), Model::GemPcTwin).unwrap();
     let mut card = reader.connect(0).unwrap();
     let mut tx = Transaction::begin(&mut card).unwrap();
@@ -369,7 +321,7 @@ fn quick() -> Timing {
 }
 
 fn pay_through_faults(model: Model, faults: LineFaults) {
-    let v = SerialVcard::start(model, &[]);
+    let v = SerialVcard::start(model.name(), &[]);
     let relay = Relay::start(&v.pty, LineFaults::default());
     let reader = SerialReader::open_with(&relay.path.to_string_lossy(), model, quick()).unwrap();
     let mut card = reader.connect(0).unwrap();
@@ -407,7 +359,7 @@ fn a_purchase_through_commands_the_reader_nakked() {
 
 #[test]
 fn time_requests_keep_a_slow_answer_alive_and_silence_times_out() {
-    let v = SerialVcard::start(Model::GemPcTwin, &[]);
+    let v = SerialVcard::start(Model::GemPcTwin.name(), &[]);
     let relay = Relay::start(&v.pty, LineFaults::default());
     let reader =
         SerialReader::open_with(&relay.path.to_string_lossy(), Model::GemPcTwin, quick()).unwrap();

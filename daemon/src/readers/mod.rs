@@ -19,6 +19,7 @@
 
 pub mod pcsc;
 pub mod presentation;
+pub mod serial;
 pub mod sim;
 pub mod source;
 
@@ -406,8 +407,9 @@ impl Readers {
         let _ = self.events.send(event);
     }
 
-    /// Take readers from `source`: its first report is applied before this returns
-    /// (so the readers there are at start are known), the rest as they come.
+    /// Take readers from `source` (called once for each source: PC/SC or simulated, and
+    /// the serial readers): its first report is applied before this returns (so the
+    /// readers there are at start are known), the rest as they come.
     pub async fn start(self: &Arc<Self>, mut source: Box<dyn ReaderSource>) {
         let first = tokio::task::spawn_blocking(move || {
             let r = source.poll(Duration::ZERO);

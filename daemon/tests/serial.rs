@@ -1,0 +1,104 @@
+//! Serial readers in the daemon (`[[serial]]`, api.md 1.1), end to end: the daemon
+//! in-process drives an emulated GemCore POS Pro on a real pseudo-terminal through the
+//! driver's serial backend (no pcscd): one reader a slot, named `<model> <path> <slot>`,
+//! a card read and paid, pulled out and put back (events, a new presentation), and the
+//! device unplugged (its readers removed).
+
+mod common;
+
+use common::*;
+use serde_json::{json, Value};
+use sscard_daemon::config::SerialConfig;
+use sscard_daemon::readers::sim::SimControl;
+use sscard_driver::transport::serial::model::Model;
+use sscard_firmware_tests::testbed::SerialVcard;
+use std::time::Duration;
+
+async fn list(c: &mut Client) -> Vec<Value> {
+    c.call("reader.list", json!({}))
+        .await
+        .unwrap()
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+}
+
+/// Poll `reader.list` until `f` holds (at most 10 s).
+async fn until_listed(c: &mut Client, what: &str, f: impl Fn(&[Value]) -> bool) -> Vec<Value> {
+    for _ in 0..100 {
+        let l = list(c).await;
+        if f(&l) {
+            return l;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("{what}: not within 10 s: {:?}", list(c).await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_serial_reader_is_one_reader_a_slot_and_pays() {
+    let v = SerialVcard::start("GemCorePOSPro", &[]);
+    let cfg = SerialConfig::from_arg(&format!("{}:GemCorePOSPro", v.pty.display())).unwrap();
+    assert_eq!(cfg.model, Model::GemCorePosPro);
+    let card_reader = format!("GemCorePOSPro {} 0", v.pty.display());
+    let d = InProc::start_with(SimControl::new(), |c| c.serial = vec![cfg], None).await;
+    let mut c = d.login("cashier").await;
+    let mut w = d.login("audit").await;
+    w.call("events.subscribe", json!({})).await.unwrap();
+
+    let l = until_listed(&mut c, "the card in slot 0", |l| {
+        l.iter()
+            .any(|r| r["name"] == card_reader.as_str() && r["card_present"] == true)
+    })
+    .await;
+    let serial: Vec<&Value> = l.iter().filter(|r| r["backend"] == "serial").collect();
+    assert_eq!(serial.len(), 5, "five slots: {l:?}");
+
+    // read and pay on slot 0, naming the reader
+    let card = c
+        .call("card.read", json!({"reader": card_reader}))
+        .await
+        .unwrap();
+    assert_eq!(card["genuine"], true, "{card}");
+    let pay = |order: &str, card_id: &Value| {
+        json!({"order_id": order, "amount_fen": 250, "pin": "123456",
+               "reader": card_reader, "card_id": card_id})
+    };
+    let p = c
+        .call("pay.debit", pay("SER-1", &card["card_id"]))
+        .await
+        .unwrap();
+    assert_eq!(p["status"], "completed", "{p}");
+    assert_eq!(p["tac"].as_str().unwrap().len(), 8);
+    let b = c
+        .call("card.balance", json!({"reader": card_reader}))
+        .await
+        .unwrap();
+    assert_eq!(b["balance_fen"], p["balance_after_fen"]);
+
+    // the card pulled out and put back: events, and a payment on the new presentation
+    v.signal("USR1");
+    let n = w.notification("card.removed").await;
+    assert_eq!(n["params"]["reader"], card_reader.as_str());
+    let e = c
+        .call("card.balance", json!({"reader": card_reader}))
+        .await
+        .unwrap_err();
+    assert_eq!(kind(&e), "NO_CARD", "{e}");
+    v.signal("USR2");
+    let n = w.notification("card.inserted").await;
+    assert_eq!(n["params"]["reader"], card_reader.as_str());
+    let p = c
+        .call("pay.debit", pay("SER-2", &card["card_id"]))
+        .await
+        .unwrap();
+    assert_eq!(p["status"], "completed", "{p}");
+
+    // unplugged: every slot's reader goes
+    drop(v);
+    until_listed(&mut c, "the readers removed", |l| {
+        !l.iter().any(|r| r["backend"] == "serial")
+    })
+    .await;
+    d.stop().await;
+}
