@@ -19,11 +19,8 @@ use sscard_driver::CommandApdu;
 use sscard_emulator::psam::PSAM_AID;
 use sscard_firmware_tests::clearing::purchase_tac;
 use sscard_firmware_tests::testbed::SerialVcard;
-
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
-
-/// An `sscard-vcard --serial-reader` process; killed on drop.
 
 fn when() -> chrono::NaiveDateTime {
     NaiveDate::from_ymd_opt(2026, 11, 23)
