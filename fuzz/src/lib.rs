@@ -5,6 +5,8 @@
 
 use sscard_daemon::config::Config;
 use sscard_driver::atr::Atr;
+use sscard_driver::transport::serial::ccid::{Command, Response};
+use sscard_driver::transport::serial::frame::{self, Decoder, Event};
 use sscard_driver::tlv::{BerTlv, SimpleTlv};
 use sscard_driver::{CommandApdu, ResponseApdu, StatusWord};
 
@@ -303,6 +305,42 @@ pub fn jsonrpc(data: &[u8]) {
     assert_eq!(r.error.is_some(), answer.is_err());
 }
 
+/// The serial line's frame decoder (`driver/src/transport/serial/frame.rs`): what comes
+/// off the line in chunks of any size, the first byte choosing the chunk size. It never
+/// holds more than a frame's worth, every message it returns re-encodes to a frame that
+/// decodes to the same message, and the CCID decoders take any message without a panic
+/// (a command that decodes encodes again to the same bytes).
+pub fn serial_frame(data: &[u8]) {
+    let Some((&step, rest)) = data.split_first() else {
+        return;
+    };
+    let step = usize::from(step % 16) + 1;
+    let mut d = Decoder::new();
+    let limit = d.max_message() + 16;
+    let mut events = Vec::new();
+    for chunk in rest.chunks(step) {
+        d.push(chunk);
+        events.extend(d.drain_events());
+        assert!(d.buffered() <= limit + chunk.len(), "{} buffered", d.buffered());
+    }
+    events.extend(d.resync());
+    events.extend(d.drain_events());
+    for e in events {
+        let (Event::Message(m) | Event::BadLrc(m)) = e else {
+            continue;
+        };
+        let mut again = Decoder::new();
+        again.push(&frame::encode(&m));
+        assert_eq!(again.next_event(), Some(Event::Message(m.clone())));
+        if let Ok(c) = Command::decode(&m) {
+            if let Ok(bytes) = c.encode() {
+                assert_eq!(Command::decode(&bytes).ok(), Some(c));
+            }
+        }
+        let _ = Response::decode(&m);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::path::Path;
@@ -344,5 +382,9 @@ mod tests {
     #[test]
     fn jsonrpc_seeds() {
         seeds("jsonrpc", super::jsonrpc);
+    }
+    #[test]
+    fn serial_frame_seeds() {
+        seeds("serial_frame", super::serial_frame);
     }
 }

@@ -1,0 +1,5 @@
+//! AFL target: [`sscard_fuzz::serial_frame`].
+
+fn main() {
+    afl::fuzz!(|data: &[u8]| sscard_fuzz::serial_frame(data));
+}
