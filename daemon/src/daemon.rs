@@ -34,6 +34,9 @@ pub struct Options {
     pub config: Config,
     pub readers: Box<dyn ReaderSource>,
     pub keys: KeySource,
+    /// Serial readers opened before the start (the port of a PSAM in a SAM slot,
+    /// [`crate::readers::serial::psam_port`]), shared with the serial readers' source.
+    pub serial: Vec<Arc<sscard_driver::transport::serial::reader::SerialReader>>,
 }
 
 /// A started daemon, not yet serving.
@@ -129,9 +132,16 @@ impl Daemon {
         ];
         readers.start(opts.readers).await;
         if !config.serial.is_empty() {
+            // the PSAM's slot is the keys', not a reader to pay on
+            let ignore = match &config.keys {
+                Some(crate::config::KeysConfig::Psam { reader }) => vec![reader.clone()],
+                _ => Vec::new(),
+            };
             readers
                 .start(Box::new(crate::readers::serial::SerialSource::new(
                     &config.serial,
+                    &opts.serial,
+                    ignore,
                 )))
                 .await;
         }

@@ -7,6 +7,7 @@ use clap::Parser;
 use sscard_daemon::config::{token_hash, Config, KeysConfig, Operator, SerialConfig, DEFAULT_PATH};
 use sscard_daemon::keys::KeySource;
 use sscard_daemon::readers::pcsc::PcscSource;
+use sscard_daemon::readers::serial;
 use sscard_daemon::readers::sim::SimControl;
 use sscard_daemon::readers::source::ReaderSource;
 use sscard_daemon::session::Role;
@@ -123,11 +124,24 @@ fn main() {
     if let Some(j) = a.journal {
         config.journal = j;
     }
-    let keys = if demo {
-        KeySource::test(config.region, config.terminal_id)
+    // a PSAM in a serial reader's SAM slot: that reader is opened now, for the keys, and
+    // shared with the serial readers' source
+    let psam_serial = if demo {
+        None
     } else {
-        KeySource::from_config(&config).unwrap_or_else(|e| fail(e))
+        serial::psam_port(&config).unwrap_or_else(|e| fail(e))
     };
+    let keys = match (&psam_serial, demo) {
+        (_, true) => KeySource::test(config.region, config.terminal_id),
+        (Some((reader, slot)), false) => {
+            let card = reader
+                .connect(*slot)
+                .unwrap_or_else(|e| fail(format!("keys.psam: {e}")));
+            KeySource::psam(Box::new(card), &config).unwrap_or_else(|e| fail(e))
+        }
+        (None, false) => KeySource::from_config(&config).unwrap_or_else(|e| fail(e)),
+    };
+    let serial_opened: Vec<_> = psam_serial.into_iter().map(|(r, _)| r).collect();
     let readers: Box<dyn ReaderSource> = if a.simulate {
         let sim = SimControl::new();
         sim.add_reader_with_card("sim 0", Box::new(EmulatedCard::default_test_card()));
@@ -145,6 +159,7 @@ fn main() {
             config: config.clone(),
             readers,
             keys,
+            serial: serial_opened,
         })
         .await
         .unwrap_or_else(|e| fail(e));

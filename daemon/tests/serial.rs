@@ -2,13 +2,15 @@
 //! in-process drives an emulated GemCore POS Pro on a real pseudo-terminal through the
 //! driver's serial backend (no pcscd): one reader a slot, named `<model> <path> <slot>`,
 //! a card read and paid, pulled out and put back (events, a new presentation), and the
-//! device unplugged (its readers removed).
+//! device unplugged (its readers removed); a PSAM in its SAM slot as the terminal's keys.
 
 mod common;
 
 use common::*;
 use serde_json::{json, Value};
-use sscard_daemon::config::SerialConfig;
+use sscard_daemon::config::{Config, KeysConfig, SerialConfig};
+use sscard_daemon::keys::KeySource;
+use sscard_daemon::readers::serial::{psam_port, reader_name};
 use sscard_daemon::readers::sim::SimControl;
 use sscard_driver::transport::serial::model::Model;
 use sscard_firmware_tests::testbed::SerialVcard;
@@ -100,5 +102,52 @@ async fn a_serial_reader_is_one_reader_a_slot_and_pays() {
         !l.iter().any(|r| r["backend"] == "serial")
     })
     .await;
+    d.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_psam_in_a_sam_slot_is_the_keys_and_not_a_reader() {
+    let v = SerialVcard::start("GemCorePOSPro", &["--with-psam"]);
+    let cfg = SerialConfig::from_arg(&format!("{}:GemCorePOSPro", v.pty.display())).unwrap();
+    let psam = reader_name(&cfg, 1);
+    let card_reader = reader_name(&cfg, 0);
+    let edit = |c: &mut Config| {
+        c.serial = vec![cfg.clone()];
+        c.keys = Some(KeysConfig::Psam {
+            reader: psam.clone(),
+        });
+    };
+    let mut config = Config::test("650200".parse().unwrap(), "650200000001".parse().unwrap());
+    edit(&mut config);
+    let (port, slot) = psam_port(&config).unwrap().expect("the PSAM's port");
+    assert_eq!(slot, 1);
+    let keys = KeySource::psam(Box::new(port.connect(slot).unwrap()), &config).unwrap();
+    let d = InProc::start_serial(SimControl::new(), edit, Some(keys), vec![port]).await;
+    let mut c = d.login("cashier").await;
+    let l = until_listed(&mut c, "the card in slot 0", |l| {
+        l.iter()
+            .any(|r| r["name"] == card_reader.as_str() && r["card_present"] == true)
+    })
+    .await;
+    let names: Vec<&str> = l.iter().filter_map(|r| r["name"].as_str()).collect();
+    assert_eq!(names.len(), 4, "the PSAM's slot is not offered: {names:?}");
+    assert!(!names.contains(&psam.as_str()));
+    let h = c.call("system.health", json!({})).await.unwrap();
+    assert_eq!(h["keys"], "psam");
+    // MAC1 from the PSAM, MAC2 checked by it, on the same port as the card
+    let card = c
+        .call("card.read", json!({"reader": card_reader}))
+        .await
+        .unwrap();
+    assert_eq!(card["genuine"], true, "{card}");
+    let p = c
+        .call(
+            "pay.debit",
+            json!({"order_id": "PSAM-1", "amount_fen": 300, "pin": "123456",
+                   "reader": card_reader, "card_id": card["card_id"]}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(p["status"], "completed", "{p}");
     d.stop().await;
 }

@@ -5,9 +5,13 @@
 //! reader's card movement notices and GetSlotStatus) and reports cards inserted and
 //! removed; a port that goes away (the device unplugged) shows as its readers removed,
 //! and it is opened again, and its readers added, when the path comes back.
+//!
+//! A PSAM in a serial reader's SAM slot (`keys.psam.reader` naming that slot) is opened
+//! before the daemon starts ([`psam_port`]); its port is then shared with the source,
+//! which does not offer the PSAM's slot for payments.
 
 use super::source::{Connector, ReaderSource, SourceEvent};
-use crate::config::SerialConfig;
+use crate::config::{Config, KeysConfig, SerialConfig};
 use sscard_driver::transport::serial::reader::SerialReader;
 use sscard_driver::transport::{CardTransport, TransportError};
 use std::sync::Arc;
@@ -21,6 +25,26 @@ const RETRY: Duration = Duration::from_secs(1);
 /// The name of one slot of a serial reader (api.md 1.1).
 pub fn reader_name(cfg: &SerialConfig, slot: u8) -> String {
     format!("{} {} {slot}", cfg.model.name(), cfg.path.display())
+}
+
+/// When `keys.psam.reader` names a slot of a `[[serial]]` reader: that reader, opened
+/// now (the keys are needed before the daemon serves), and the slot. `None` when the
+/// PSAM is not in a serial reader.
+pub fn psam_port(config: &Config) -> Result<Option<(Arc<SerialReader>, u8)>, String> {
+    let Some(KeysConfig::Psam { reader }) = &config.keys else {
+        return Ok(None);
+    };
+    for cfg in &config.serial {
+        for slot in 0..cfg.model.slots() {
+            if reader_name(cfg, slot) == *reader {
+                let path = cfg.path.to_string_lossy();
+                let r = SerialReader::open(&path, cfg.model)
+                    .map_err(|e| format!("keys.psam: serial reader {path}: {e}"))?;
+                return Ok(Some((Arc::new(r), slot)));
+            }
+        }
+    }
+    Ok(None)
 }
 
 struct SlotConnector {
@@ -54,6 +78,11 @@ impl Port {
             }
             return;
         };
+        if self.known.is_empty() {
+            // opened before the source started (the PSAM's port)
+            self.announce(ev);
+            return;
+        }
         match reader.poll() {
             Ok(slots) => {
                 for s in slots {
@@ -84,22 +113,10 @@ impl Port {
         let path = self.cfg.path.to_string_lossy().into_owned();
         match SerialReader::open(&path, self.cfg.model) {
             Ok(r) => {
-                let r = Arc::new(r);
                 tracing::info!(port = %path, model = self.cfg.model.name(), firmware = %r.firmware(), "serial reader opened");
                 self.last_error.clear();
-                self.known = vec![(false, Vec::new()); usize::from(r.slots())];
-                for slot in 0..r.slots() {
-                    ev.push(SourceEvent::ReaderAdded {
-                        name: reader_name(&self.cfg, slot),
-                        backend: "serial",
-                        connector: Box::new(SlotConnector {
-                            reader: r.clone(),
-                            slot,
-                        }),
-                        live: None,
-                    });
-                }
-                self.reader = Some(r);
+                self.reader = Some(Arc::new(r));
+                self.announce(ev);
             }
             Err(e) => {
                 let m = e.to_string();
@@ -109,6 +126,23 @@ impl Port {
                 }
                 self.next_try = Instant::now() + RETRY;
             }
+        }
+    }
+
+    /// Every slot of the open reader becomes a reader (its cards come at the next poll).
+    fn announce(&mut self, ev: &mut Vec<SourceEvent>) {
+        let Some(r) = self.reader.clone() else { return };
+        self.known = vec![(false, Vec::new()); usize::from(r.slots())];
+        for slot in 0..r.slots() {
+            ev.push(SourceEvent::ReaderAdded {
+                name: reader_name(&self.cfg, slot),
+                backend: "serial",
+                connector: Box::new(SlotConnector {
+                    reader: r.clone(),
+                    slot,
+                }),
+                live: None,
+            });
         }
     }
 
@@ -132,21 +166,29 @@ impl Port {
 /// The configured serial readers, as a [`ReaderSource`].
 pub struct SerialSource {
     ports: Vec<Port>,
+    /// Readers not offered (the PSAM's slot).
+    ignore: Vec<String>,
 }
 
 impl SerialSource {
-    pub fn new(serial: &[SerialConfig]) -> Self {
+    /// The readers of `serial`; those of `opened` (by path) are used as they are, and the
+    /// slots named in `ignore` are not reported.
+    pub fn new(serial: &[SerialConfig], opened: &[Arc<SerialReader>], ignore: Vec<String>) -> Self {
         SerialSource {
             ports: serial
                 .iter()
                 .map(|cfg| Port {
                     cfg: cfg.clone(),
-                    reader: None,
+                    reader: opened
+                        .iter()
+                        .find(|r| std::path::Path::new(r.path()) == cfg.path)
+                        .cloned(),
                     known: Vec::new(),
                     next_try: Instant::now(),
                     last_error: String::new(),
                 })
                 .collect(),
+            ignore,
         }
     }
 }
@@ -159,6 +201,7 @@ impl ReaderSource for SerialSource {
             for p in &mut self.ports {
                 p.changes(&mut ev);
             }
+            ev.retain(|e| !self.ignore.iter().any(|n| n == e.reader()));
             let now = Instant::now();
             if !ev.is_empty() || now >= deadline {
                 return Ok(ev);

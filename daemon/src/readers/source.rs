@@ -34,6 +34,18 @@ pub enum SourceEvent {
     },
 }
 
+impl SourceEvent {
+    /// The reader the event is about.
+    pub fn reader(&self) -> &str {
+        match self {
+            SourceEvent::ReaderAdded { name, .. } | SourceEvent::ReaderRemoved(name) => name,
+            SourceEvent::CardInserted { reader, .. } | SourceEvent::CardRemoved { reader } => {
+                reader
+            }
+        }
+    }
+}
+
 impl std::fmt::Debug for SourceEvent {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {

@@ -111,6 +111,16 @@ impl InProc {
         edit: impl FnOnce(&mut Config),
         keys: Option<KeySource>,
     ) -> InProc {
+        Self::start_serial(sim, edit, keys, Vec::new()).await
+    }
+
+    /// [`InProc::start_with`] with serial readers opened before the start (a PSAM's).
+    pub async fn start_serial(
+        sim: SimControl,
+        edit: impl FnOnce(&mut Config),
+        keys: Option<KeySource>,
+        serial: Vec<std::sync::Arc<sscard_driver::transport::serial::reader::SerialReader>>,
+    ) -> InProc {
         let dir = tempfile::tempdir().unwrap();
         let mut c = Config::test("650200".parse().unwrap(), "650200000001".parse().unwrap());
         c.socket = dir.path().join("s.sock");
@@ -123,6 +133,7 @@ impl InProc {
             config: c.clone(),
             readers: Box::new(sim.source()),
             keys,
+            serial,
         })
         .await
         .unwrap();
