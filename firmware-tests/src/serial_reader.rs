@@ -1514,3 +1514,361 @@ mod tests {
         assert_eq!(std::fs::read_link(&link).unwrap(), pty.path());
     }
 }
+
+#[cfg(test)]
+mod fault_tests {
+    use super::*;
+    use crate::card::{EmulatedCard, Knobs, Personalization};
+    use std::sync::atomic::AtomicU32;
+
+    /// A T=0 test card that counts the commands it runs.
+    struct Counting {
+        inner: EmulatedCard,
+        runs: Arc<AtomicU32>,
+    }
+
+    impl VirtualCard for Counting {
+        fn atr(&self) -> Vec<u8> {
+            self.inner.atr()
+        }
+        fn power_on(&mut self) {
+            self.inner.power_on()
+        }
+        fn power_off(&mut self) {
+            self.inner.power_off()
+        }
+        fn reset(&mut self) {
+            self.inner.reset()
+        }
+        fn process(&mut self, command: &[u8]) -> Reply {
+            self.runs.fetch_add(1, Ordering::SeqCst);
+            self.inner.process(command)
+        }
+    }
+
+    fn reader(model: Model, faults: Faults) -> (SerialReader, Arc<AtomicU32>) {
+        let runs = Arc::new(AtomicU32::new(0));
+        let inner = EmulatedCard::new(
+            &Personalization::default_test_card(),
+            Knobs {
+                t0: true,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        let card = Counting {
+            inner,
+            runs: runs.clone(),
+        };
+        let opts = ReaderOptions {
+            reinsert_after: Duration::from_millis(10),
+            faults,
+        };
+        let r = SerialReader::new(model, vec![Some(Box::new(card))], opts).unwrap();
+        (r, runs)
+    }
+
+    fn frame_of(seq: u8, body: CommandBody) -> (Vec<u8>, Vec<u8>) {
+        let msg = Command { slot: 0, seq, body }.encode().unwrap();
+        (frame::encode(&msg), msg)
+    }
+
+    fn power_on(seq: u8) -> Vec<u8> {
+        frame_of(seq, CommandBody::IccPowerOn { power_select: 0 }).0
+    }
+
+    fn status(seq: u8) -> Vec<u8> {
+        frame_of(seq, CommandBody::GetSlotStatus).0
+    }
+
+    fn get_data(seq: u8) -> Vec<u8> {
+        frame_of(
+            seq,
+            CommandBody::XfrBlock {
+                bwi: 0,
+                level_parameter: 0,
+                data: hex::decode("80CA000108").unwrap(),
+            },
+        )
+        .0
+    }
+
+    fn events(bytes: &[u8]) -> (Vec<Event>, usize) {
+        let mut d = Decoder::new();
+        d.push(bytes);
+        let ev = d.drain_events();
+        (ev, d.buffered())
+    }
+
+    /// The answers (messages of type ≥ 80) in `bytes`, decoded.
+    fn answers(bytes: &[u8]) -> Vec<Response> {
+        events(bytes)
+            .0
+            .into_iter()
+            .filter_map(|e| match e {
+                Event::Message(m) if m[0] >= 0x80 => Some(Response::decode(&m).unwrap()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn hits_and_their_syntax() {
+        assert!(!Hit::Never.hits(1));
+        assert!(Hit::Nth(2).hits(2) && !Hit::Nth(2).hits(4));
+        assert!(Hit::Every(2).hits(2) && Hit::Every(2).hits(4) && !Hit::Every(2).hits(3));
+        assert!(!Hit::Every(0).hits(0));
+        assert_eq!(Hit::parse("3"), Ok(Hit::Nth(3)));
+        assert_eq!(Hit::parse("every:5"), Ok(Hit::Every(5)));
+        for bad in ["0", "every:0", "every:", "x", "-1"] {
+            assert!(Hit::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn corrupt_hits_the_nth_answer_and_the_resend_is_intact() {
+        let f = Faults {
+            corrupt: Hit::Nth(2),
+            ..Default::default()
+        };
+        let (mut r, _) = reader(Model::GemCorePosPro, f);
+        assert_eq!(answers(&r.receive(&status(0))).len(), 1);
+        let out = r.receive(&status(1));
+        let (ev, left) = events(&out);
+        assert_eq!(left, 0, "same length");
+        assert!(matches!(ev.as_slice(), [Event::BadLrc(_)]), "{ev:?}");
+        let again = r.receive(&NAK_FRAME);
+        assert_eq!(answers(&again)[0].seq, 1);
+        assert_eq!(answers(&r.receive(&status(2)))[0].seq, 2, "the 3rd intact");
+        // every 2nd
+        r.set_faults(Faults {
+            corrupt: Hit::Every(2),
+            ..Default::default()
+        });
+        let hit: Vec<bool> = (3..7)
+            .map(|s| answers(&r.receive(&status(s))).is_empty())
+            .collect();
+        assert_eq!(hit, [false, true, false, true]);
+    }
+
+    #[test]
+    fn drop_byte_cuts_the_answer_short() {
+        let f = Faults {
+            drop_byte: Hit::Every(1),
+            ..Default::default()
+        };
+        let (mut r, _) = reader(Model::GemPcTwin, f);
+        let (msg_frame, msg) = frame_of(4, CommandBody::GetSlotStatus);
+        let out = r.receive(&msg_frame);
+        assert_eq!(
+            out.len(),
+            2 * msg_frame.len() - 1,
+            "echo, then one byte short"
+        );
+        let (ev, left) = events(&out);
+        assert_eq!(ev, vec![Event::Message(msg)], "the echo intact");
+        assert_eq!(
+            left,
+            msg_frame.len() - 1,
+            "a frame waiting for its last byte"
+        );
+        assert_eq!(answers(&r.receive(&NAK_FRAME))[0].seq, 4);
+    }
+
+    #[test]
+    fn nak_refuses_the_command_unrun() {
+        let f = Faults {
+            nak: Hit::Nth(1),
+            ..Default::default()
+        };
+        let (mut r, _) = reader(Model::GemPcTwin, f);
+        assert_eq!(r.receive(&power_on(0)), NAK_FRAME, "alone: no echo");
+        let s = answers(&r.receive(&status(1)));
+        assert_eq!(s[0].status.icc(), IccStatus::PresentInactive, "not powered");
+        let on = answers(&r.receive(&power_on(0)));
+        assert!(!on[0].failed());
+    }
+
+    #[test]
+    fn delay_and_time_requests_come_before_the_answer_after_the_echo() {
+        let f = Faults {
+            delay: Some((Hit::Nth(1), Duration::from_millis(700))),
+            time_requests: Some(TimeRequests {
+                hit: Hit::Every(1),
+                count: 2,
+                interval: Duration::from_millis(300),
+            }),
+            ..Default::default()
+        };
+        let (mut r, _) = reader(Model::GemPcTwin, f);
+        let (cmd, _) = frame_of(0, CommandBody::GetSlotStatus);
+        let out = r.receive_timed(&cmd);
+        let ms = |m| Out::Wait(Duration::from_millis(m));
+        let Out::Bytes(answer) = out.last().unwrap().clone() else {
+            panic!("{out:?}")
+        };
+        assert_eq!(
+            out,
+            vec![
+                Out::Bytes(cmd.clone()),
+                ms(700),
+                ms(300),
+                Out::Bytes(vec![0x80]),
+                ms(300),
+                Out::Bytes(vec![0x80]),
+                ms(300),
+                Out::Bytes(answer.clone()),
+            ]
+        );
+        assert_eq!(answers(&answer)[0].seq, 0);
+        let (ev, _) = events(&r.receive(&status(1)));
+        assert_eq!(
+            ev[1..3],
+            [Event::TimeExtension(0x80), Event::TimeExtension(0x80)],
+            "the delay hit the 1st answer only, the burst every one"
+        );
+        assert_eq!(ev.len(), 4);
+    }
+
+    #[test]
+    fn echo_forced_on_and_off() {
+        let (cmd, msg) = frame_of(0, CommandBody::GetSlotStatus);
+        for (model, echo) in [(Model::GemPcTwin, false), (Model::GemCorePosPro, true)] {
+            let f = Faults {
+                echo: Some(echo),
+                ..Default::default()
+            };
+            let (mut r, _) = reader(model, f);
+            assert_eq!(r.echoes(), echo);
+            let (ev, _) = events(&r.receive(&cmd));
+            assert_eq!(ev.len(), if echo { 2 } else { 1 }, "{model}");
+            assert_eq!(ev[0] == Event::Message(msg.clone()), echo);
+        }
+    }
+
+    #[test]
+    fn the_card_pulled_mid_apdu() {
+        for card_runs in [false, true] {
+            let f = Faults {
+                pull: Some(OnXfr { nth: 2, card_runs }),
+                ..Default::default()
+            };
+            let (mut r, runs) = reader(Model::GemPcTwin, f);
+            // card movement notices on
+            let (n, _) = frame_of(
+                0,
+                CommandBody::Escape {
+                    data: vec![1, 1, 1],
+                },
+            );
+            r.receive(&n);
+            r.receive(&power_on(1));
+            assert!(!answers(&r.receive(&get_data(2)))[0].failed());
+            let out = r.receive(&get_data(3));
+            let (ev, _) = events(&out);
+            assert!(ev.contains(&Event::SlotChange(frame::SlotChange::Absent)));
+            let x = &answers(&out)[0];
+            assert_eq!((x.status.0, x.error), (0x42, error::ICC_MUTE));
+            assert_eq!(runs.load(Ordering::SeqCst), if card_runs { 2 } else { 1 });
+            assert!(!r.is_present(0));
+            r.tick(Instant::now() + Duration::from_millis(20));
+            assert!(r.is_present(0), "back after reinsert_after");
+        }
+    }
+
+    #[test]
+    fn unplug_on_the_nth_xfr_block_resets_the_reader() {
+        for card_runs in [false, true] {
+            let down = Duration::from_millis(250);
+            let f = Faults {
+                unplug: Some((OnXfr { nth: 1, card_runs }, down)),
+                ..Default::default()
+            };
+            let (mut r, runs) = reader(Model::GemPcTwin, f);
+            r.receive(&power_on(0));
+            // the XfrBlock and a command behind it in the same read
+            let mut both = get_data(1);
+            both.extend(status(2));
+            let out = r.receive_timed(&both);
+            assert_eq!(
+                out,
+                vec![Out::Bytes(get_data(1)), Out::Unplug(down)],
+                "the echo, then nothing"
+            );
+            assert_eq!(runs.load(Ordering::SeqCst), u32::from(card_runs));
+            // back: the card is in, unpowered; no resend of an answer from before
+            assert!(r.receive(&NAK_FRAME).is_empty());
+            let s = answers(&r.receive(&status(3)));
+            assert_eq!(s[0].status.icc(), IccStatus::PresentInactive);
+            // the Nth XfrBlock is past: the next one is answered
+            r.receive(&power_on(4));
+            assert!(!answers(&r.receive(&get_data(5)))[0].failed());
+        }
+    }
+
+    /// [`serve`] closes the pty, removes the link, and after the time down opens a new
+    /// pty behind the same link.
+    #[test]
+    fn unplugged_and_back_behind_the_link() {
+        use sscard_driver::transport::serial::port::{Port, ReadOutcome, SerialPortIo};
+        let dir = tempfile::tempdir().unwrap();
+        let link = dir.path().join("ttyEMU");
+        let f = Faults {
+            unplug: Some((
+                OnXfr {
+                    nth: 1,
+                    card_runs: false,
+                },
+                Duration::from_millis(300),
+            )),
+            ..Default::default()
+        };
+        let (r, _) = reader(Model::GemCorePosPro, f);
+        let served = Served::start(r, Some(link.clone())).unwrap();
+        let first = served.path();
+        assert_eq!(std::fs::read_link(&link).unwrap(), first);
+        let open = || SerialPortIo::open(&link.to_string_lossy(), 115_200).unwrap();
+        let read_answer = |p: &mut SerialPortIo| -> io::Result<Vec<Response>> {
+            let mut got = Vec::new();
+            let until = Instant::now() + Duration::from_secs(5);
+            while Instant::now() < until {
+                let mut b = [0u8; 256];
+                if let ReadOutcome::Data(n) = p.read_some(&mut b, Duration::from_millis(50))? {
+                    got.extend_from_slice(&b[..n]);
+                    let a = answers(&got);
+                    if !a.is_empty() {
+                        return Ok(a);
+                    }
+                }
+            }
+            panic!("no answer");
+        };
+        let mut host = open();
+        host.write_all(&power_on(0)).unwrap();
+        assert!(!read_answer(&mut host).unwrap()[0].failed());
+        host.write_all(&get_data(1)).unwrap();
+        let t = Instant::now();
+        assert!(read_answer(&mut host).is_err(), "the port went away");
+        drop(host);
+        // the link went before the pty (the new pty may well get the old one's number)
+        let until = Instant::now() + Duration::from_secs(5);
+        while std::fs::read_link(&link).is_err() {
+            assert!(Instant::now() < until, "the link came back");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert!(
+            t.elapsed() >= Duration::from_millis(250),
+            "{:?}",
+            t.elapsed()
+        );
+        assert_eq!(std::fs::read_link(&link).unwrap(), served.path());
+        let mut host = open();
+        host.write_all(&status(2)).unwrap();
+        let s = read_answer(&mut host).unwrap();
+        assert_eq!(s[0].status.icc(), IccStatus::PresentInactive, "power lost");
+        host.write_all(&power_on(3)).unwrap();
+        read_answer(&mut host).unwrap();
+        host.write_all(&get_data(4)).unwrap();
+        assert!(!read_answer(&mut host).unwrap()[0].failed());
+    }
+}
