@@ -44,9 +44,12 @@
 //!   165-byte escape that loads the pad's display strings overflows the 30-byte answer
 //!   buffer it reads into, "Wrong value for frame size: 175"; docs/emulator.md.)
 //!
-//! Fault injection (corrupted or dropped bytes, NAKs, delays, time-extension bursts,
-//! a card pulled mid-APDU, unplugging) is for the project's own serial backend's tests
-//! and comes later: [`Faults`] is where it goes.
+//! Fault injection, for the project's own serial backend's tests ([`Faults`], and
+//! `sscard-vcard --serial-reader`'s fault flags): answer frames with a byte corrupted
+//! or dropped, command frames NAKed, answers delayed or preceded by bursts of T=0 time
+//! requests, echo forced on or off, the card pulled mid-APDU, the reader unplugged and
+//! plugged in again. [`SerialReader::receive_timed`] says what to do on the line
+//! (bytes, waits, unplugging), [`serve`] does it on a pty, [`Served`] in a thread.
 
 use crate::{Reply, VirtualCard};
 use sscard_driver::transport::serial::ccid::{
@@ -59,6 +62,7 @@ use std::io::{self, Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// The reader models libccid knows by the name after the colon in `DEVICENAME`
@@ -123,11 +127,101 @@ impl std::fmt::Display for Model {
     }
 }
 
-/// Fault injection, for the project's serial backend's tests: none yet (every field
-/// will default to "no fault"; libccid's cross-check runs without faults).
+/// Which frames a fault hits, counted from 1 since the reader was made or its faults
+/// last set ([`SerialReader::set_faults`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Hit {
+    /// None.
+    #[default]
+    Never,
+    /// The Nth only.
+    Nth(u32),
+    /// Every Nth (the Nth, the 2Nth, …); `Every(1)` is every one.
+    Every(u32),
+}
+
+impl Hit {
+    /// Whether the `n`th frame is hit.
+    pub fn hits(self, n: u32) -> bool {
+        match self {
+            Hit::Never => false,
+            Hit::Nth(k) => n == k,
+            Hit::Every(k) => k > 0 && n.is_multiple_of(k),
+        }
+    }
+
+    /// `N` (the Nth only) or `every:N`.
+    pub fn parse(s: &str) -> Result<Hit, String> {
+        let (every, n) = match s.strip_prefix("every:") {
+            Some(n) => (true, n),
+            None => (false, s),
+        };
+        let n: u32 = n
+            .parse()
+            .ok()
+            .filter(|n| *n > 0)
+            .ok_or_else(|| format!("{s:?}: N or every:N, N from 1"))?;
+        Ok(if every { Hit::Every(n) } else { Hit::Nth(n) })
+    }
+}
+
+/// A burst of T=0 time requests before an answer: `count` bytes `80`, each after
+/// `interval` of silence, and the answer `interval` after the last one (the answer
+/// comes `(count + 1) × interval` late, and the line is never quiet longer than
+/// `interval`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TimeRequests {
+    pub hit: Hit,
+    pub count: u32,
+    pub interval: Duration,
+}
+
+/// Something that happens on the Nth XfrBlock (counted over every slot).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct OnXfr {
+    /// Which XfrBlock, from 1.
+    pub nth: u32,
+    /// Whether the card runs the command first (its answer is then lost): with
+    /// `false` the command never reaches it.
+    pub card_runs: bool,
+}
+
+/// Fault injection, for the project's own serial backend's tests. Every field defaults
+/// to "no fault"; libccid's cross-check runs without faults (libccid resends on a NAK
+/// without a bound and pcscd never reopens a reader from reader.conf).
+///
+/// Answer frames are counted once each: a frame sent again on the host's NAK is sent
+/// intact and not counted, so a damaged answer always has a good copy to resend.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 #[non_exhaustive]
-pub struct Faults {}
+pub struct Faults {
+    /// Flip a bit (`^ 0x20`) of the last byte before the LRC of these answer frames:
+    /// the frame keeps its length and its LRC fails.
+    pub corrupt: Hit,
+    /// Leave out the middle byte of these answer frames: a frame cut short.
+    pub drop_byte: Hit,
+    /// Answer these command frames (counted over intact command frames) with the NAK
+    /// frame `03 15 16` alone, as if they had come damaged: no echo, the command not
+    /// run.
+    pub nak: Hit,
+    /// Hold these answer frames back this long, in silence (after the echo and any
+    /// card movement notice).
+    pub delay: Option<(Hit, Duration)>,
+    /// Time requests before these answer frames (after any [`Faults::delay`]).
+    pub time_requests: Option<TimeRequests>,
+    /// Echo the command frames (`Some(true)`) or not (`Some(false)`), whatever the
+    /// model does.
+    pub echo: Option<bool>,
+    /// Pull the card out of the slot on this XfrBlock: the answer is a failure with
+    /// the slot empty (`ICC_MUTE`, and `50 02` first for slot 0), and the card comes
+    /// back after [`ReaderOptions::reinsert_after`].
+    pub pull: Option<OnXfr>,
+    /// Unplug the reader on this XfrBlock, leaving the command unanswered: the serving
+    /// loop closes the pty (and removes the link), and after `down` opens a new one
+    /// (behind the same link). The reader comes back as from a power cycle: cards
+    /// unpowered, card movement notices off.
+    pub unplug: Option<(OnXfr, Duration)>,
+}
 
 /// How the reader behaves.
 #[derive(Clone, Debug)]
@@ -216,6 +310,42 @@ pub struct SerialReader {
     pending: Vec<bool>,
     /// The last answer frame, sent again on a NAK.
     last_answer: Option<Vec<u8>>,
+    /// Intact command frames, answer frames and XfrBlocks so far (for [`Faults`]).
+    commands: u32,
+    answers: u32,
+    xfrs: u32,
+}
+
+/// What the reader does on the line, in order ([`SerialReader::receive_timed`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Out {
+    /// Send these bytes.
+    Bytes(Vec<u8>),
+    /// Stay silent this long.
+    Wait(Duration),
+    /// Close the port; open a new one after this long (the reader was reset: see
+    /// [`Faults::unplug`]). Nothing follows it.
+    Unplug(Duration),
+}
+
+/// Out, with consecutive bytes merged.
+#[derive(Default)]
+struct Outs(Vec<Out>);
+
+impl Outs {
+    fn bytes(&mut self, b: &[u8]) {
+        if let Some(Out::Bytes(last)) = self.0.last_mut() {
+            last.extend_from_slice(b);
+        } else if !b.is_empty() {
+            self.0.push(Out::Bytes(b.to_vec()));
+        }
+    }
+
+    fn wait(&mut self, d: Duration) {
+        if !d.is_zero() {
+            self.0.push(Out::Wait(d));
+        }
+    }
 }
 
 impl SerialReader {
@@ -243,11 +373,58 @@ impl SerialReader {
             notify: false,
             pending: Vec::new(),
             last_answer: None,
+            commands: 0,
+            answers: 0,
+            xfrs: 0,
         })
     }
 
     pub fn model(&self) -> Model {
         self.model
+    }
+
+    /// The faults in force.
+    pub fn faults(&self) -> &Faults {
+        &self.opts.faults
+    }
+
+    /// Change the faults; the frames and XfrBlocks they count are counted anew from
+    /// here.
+    pub fn set_faults(&mut self, faults: Faults) {
+        self.opts.faults = faults;
+        self.commands = 0;
+        self.answers = 0;
+        self.xfrs = 0;
+    }
+
+    /// XfrBlocks received since the faults were last set.
+    pub fn xfr_blocks(&self) -> u32 {
+        self.xfrs
+    }
+
+    /// Whether the reader echoes command frames (the model's way, or the fault's).
+    pub fn echoes(&self) -> bool {
+        self.opts.faults.echo.unwrap_or(self.model.echo())
+    }
+
+    /// Power lost (unplugged): the cards stay in their slots unpowered, the state the
+    /// host set up is gone (card movement notices, parameters, the last answer, a
+    /// frame half received).
+    pub fn power_loss(&mut self) {
+        for s in &mut self.slots {
+            if s.powered {
+                if let Some(c) = s.card.as_mut() {
+                    c.power_off();
+                }
+            }
+            s.powered = false;
+            s.protocol = 0;
+            s.parameters = T0_DEFAULT_PARAMETERS.to_vec();
+        }
+        self.decoder = Decoder::new();
+        self.notify = false;
+        self.pending.clear();
+        self.last_answer = None;
     }
 
     /// Whether a card is in `slot`.
@@ -288,38 +465,86 @@ impl SerialReader {
         }
     }
 
-    /// Bytes from the host in; the bytes to send back out.
+    /// Bytes from the host in; the bytes to send back out, the [`Faults`]' waits left
+    /// out (and nothing after an unplug).
     pub fn receive(&mut self, bytes: &[u8]) -> Vec<u8> {
-        self.decoder.push(bytes);
         let mut out = Vec::new();
-        while let Some(ev) = self.decoder.next_event() {
-            match ev {
-                Event::Message(m) => self.command(&m, &mut out),
-                Event::BadLrc(m) => {
-                    tracing::debug!("bad LRC on a {}-byte message: NAK", m.len());
-                    out.extend_from_slice(&NAK_FRAME);
-                }
-                Event::Nak => match &self.last_answer {
-                    Some(a) => out.extend_from_slice(a),
-                    None => tracing::debug!("NAK before any answer: ignored"),
-                },
-                other => tracing::debug!("skipped from the host: {other:?}"),
+        for o in self.receive_timed(bytes) {
+            if let Out::Bytes(b) = o {
+                out.extend_from_slice(&b);
             }
         }
         out
     }
 
-    fn command(&mut self, message: &[u8], out: &mut Vec<u8>) {
-        if self.model.echo() {
-            out.extend_from_slice(&frame::encode(message));
+    /// Bytes from the host in; what to do on the line, waits and unplugging included.
+    pub fn receive_timed(&mut self, bytes: &[u8]) -> Vec<Out> {
+        self.decoder.push(bytes);
+        let mut out = Outs::default();
+        while let Some(ev) = self.decoder.next_event() {
+            match ev {
+                Event::Message(m) => {
+                    if let Some(down) = self.command(&m, &mut out) {
+                        self.power_loss();
+                        out.0.push(Out::Unplug(down));
+                        break;
+                    }
+                }
+                Event::BadLrc(m) => {
+                    tracing::debug!("bad LRC on a {}-byte message: NAK", m.len());
+                    out.bytes(&NAK_FRAME);
+                }
+                Event::Nak => match &self.last_answer {
+                    Some(a) => out.bytes(a),
+                    None => tracing::debug!("NAK before any answer: ignored"),
+                },
+                other => tracing::debug!("skipped from the host: {other:?}"),
+            }
+        }
+        out.0
+    }
+
+    /// Answer one command frame; `Some(down)` when the reader is unplugged instead.
+    fn command(&mut self, message: &[u8], out: &mut Outs) -> Option<Duration> {
+        let f = self.opts.faults.clone();
+        self.commands = self.commands.saturating_add(1);
+        if f.nak.hits(self.commands) {
+            tracing::debug!("fault: command frame {} NAKed", self.commands);
+            out.bytes(&NAK_FRAME);
+            return None;
+        }
+        if self.echoes() {
+            out.bytes(&frame::encode(message));
         }
         let answer = match Command::decode(message) {
-            Ok(c) => self.answer(&c),
+            Ok(c) => {
+                if matches!(c.body, CommandBody::XfrBlock { .. }) {
+                    self.xfrs = self.xfrs.saturating_add(1);
+                    if let Some((u, down)) = f.unplug.filter(|(u, _)| u.nth == self.xfrs) {
+                        tracing::debug!("fault: unplugged on XfrBlock {}", self.xfrs);
+                        if u.card_runs {
+                            let _ = self.answer(&c);
+                        }
+                        return Some(down);
+                    }
+                    if let Some(p) = f.pull.filter(|p| p.nth == self.xfrs) {
+                        tracing::debug!("fault: card pulled on XfrBlock {}", self.xfrs);
+                        if p.card_runs {
+                            let _ = self.answer(&c);
+                        }
+                        self.pull_mid_apdu(&c)
+                    } else {
+                        self.answer(&c)
+                    }
+                } else {
+                    self.answer(&c)
+                }
+            }
             Err(e) => Self::undecodable(message, &e),
         };
         if self.notify {
             for present in self.pending.drain(..) {
-                out.extend_from_slice(&frame::notification(present));
+                out.bytes(&frame::notification(present));
             }
         } else {
             self.pending.clear();
@@ -328,11 +553,56 @@ impl SerialReader {
             Ok(b) => frame::encode(&b),
             Err(e) => {
                 tracing::warn!("answer not encodable: {e}");
-                return;
+                return None;
             }
         };
-        out.extend_from_slice(&bytes);
-        self.last_answer = Some(bytes);
+        self.last_answer = Some(bytes.clone());
+        self.answers = self.answers.saturating_add(1);
+        let n = self.answers;
+        if let Some((hit, by)) = f.delay {
+            if hit.hits(n) {
+                out.wait(by);
+            }
+        }
+        if let Some(t) = f.time_requests.filter(|t| t.hit.hits(n)) {
+            for _ in 0..t.count {
+                out.wait(t.interval);
+                out.bytes(&[0x80]);
+            }
+            out.wait(t.interval);
+        }
+        let mut sent = bytes;
+        if f.corrupt.hits(n) {
+            let i = sent.len() - 2;
+            sent[i] ^= 0x20;
+        }
+        if f.drop_byte.hits(n) {
+            sent.remove(sent.len() / 2);
+        }
+        out.bytes(&sent);
+        None
+    }
+
+    /// The card leaves the slot of `c` while `c` is in the reader: a failure with the
+    /// slot empty.
+    fn pull_mid_apdu(&mut self, c: &Command) -> Response {
+        let i = usize::from(c.slot);
+        let Some(slot) = self.slots.get_mut(i) else {
+            return reply(c, Status::new(IccStatus::Absent, CommandStatus::Failed), 5);
+        };
+        if slot.inserted {
+            slot.pull();
+            slot.reinsert_at = Some(Instant::now() + self.opts.reinsert_after);
+            if i == 0 {
+                self.pending.push(false);
+            }
+        }
+        let s = &self.slots[i];
+        reply(
+            c,
+            Status::new(s.icc(), CommandStatus::Failed),
+            error::ICC_MUTE,
+        )
     }
 
     /// A message that is no command: "command not supported", in the answer type a
@@ -617,6 +887,17 @@ impl Pty {
     pub fn write_all(&mut self, b: &[u8]) -> io::Result<()> {
         self.master.write_all(b)
     }
+
+    /// Close the pair (the host's side reads end of file or EIO, as when a USB-serial
+    /// bridge is pulled); reads then find nothing and writes go nowhere.
+    pub fn hang_up(&mut self) -> io::Result<()> {
+        self.master = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open("/dev/null")?;
+        self._slave = OwnedFd::from(File::open("/dev/null")?);
+        Ok(())
+    }
 }
 
 fn raw_mode(fd: &OwnedFd) -> io::Result<()> {
@@ -665,28 +946,126 @@ pub fn install_presence_signals() {
     }
 }
 
-/// Serve `reader` on `pty` until `stop` is set: read the host's bytes, answer them,
-/// and apply the presence signals and the torn cards' return between reads.
-pub fn serve(reader: &mut SerialReader, pty: &mut Pty, stop: &AtomicBool) -> io::Result<()> {
+/// Sleep `d`, or less when `stop` is set meanwhile.
+fn pause(d: Duration, stop: &AtomicBool) {
+    let until = Instant::now() + d;
+    while !stop.load(Ordering::SeqCst) {
+        let now = Instant::now();
+        if now >= until {
+            break;
+        }
+        std::thread::sleep((until - now).min(Duration::from_millis(20)));
+    }
+}
+
+/// Serve `reader` on `pty` until `stop` is set: read the host's bytes, answer them (the
+/// [`Faults`]' waits kept), and apply the presence signals and the torn cards' return
+/// between reads. On a [`Faults::unplug`] the pty is closed (and `link` removed), and
+/// after the time down a new one is opened (and `link` pointed at it) and handed to
+/// `plugged`.
+pub fn serve(
+    reader: &Mutex<SerialReader>,
+    pty: &mut Pty,
+    link: Option<&Path>,
+    stop: &AtomicBool,
+    mut plugged: impl FnMut(&Path),
+) -> io::Result<()> {
+    let lock = || reader.lock().unwrap_or_else(|e| e.into_inner());
     let mut buf = [0u8; 1024];
     while !stop.load(Ordering::SeqCst) {
-        if PULL.swap(false, Ordering::SeqCst) {
-            reader.set_present(0, false);
+        {
+            let mut r = lock();
+            if PULL.swap(false, Ordering::SeqCst) {
+                r.set_present(0, false);
+            }
+            if PUSH.swap(false, Ordering::SeqCst) {
+                r.set_present(0, true);
+            }
+            r.tick(Instant::now());
         }
-        if PUSH.swap(false, Ordering::SeqCst) {
-            reader.set_present(0, true);
-        }
-        reader.tick(Instant::now());
         let n = pty.read_timeout(&mut buf, Duration::from_millis(50))?;
         if n == 0 {
             continue;
         }
-        let out = reader.receive(&buf[..n]);
-        if !out.is_empty() {
-            pty.write_all(&out)?;
+        let outs = lock().receive_timed(&buf[..n]);
+        for o in outs {
+            match o {
+                Out::Bytes(b) => pty.write_all(&b)?,
+                Out::Wait(d) => pause(d, stop),
+                Out::Unplug(down) => {
+                    if let Some(l) = link {
+                        let _ = std::fs::remove_file(l);
+                    }
+                    pty.hang_up()?;
+                    pause(down, stop);
+                    *pty = Pty::open()?;
+                    if let Some(l) = link {
+                        update_link(l, pty.path())?;
+                    }
+                    plugged(pty.path());
+                }
+            }
         }
     }
     Ok(())
+}
+
+/// A reader served on a pty by a thread of this process (for tests that change its
+/// faults as they go); stopped on drop.
+pub struct Served {
+    reader: Arc<Mutex<SerialReader>>,
+    path: Arc<Mutex<PathBuf>>,
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<io::Result<()>>>,
+}
+
+impl Served {
+    /// Serve `reader` on a new pty, with a symbolic link to it at `link` if given.
+    pub fn start(reader: SerialReader, link: Option<PathBuf>) -> io::Result<Served> {
+        let mut pty = Pty::open()?;
+        if let Some(l) = &link {
+            update_link(l, pty.path())?;
+        }
+        let path = Arc::new(Mutex::new(pty.path().to_path_buf()));
+        let reader = Arc::new(Mutex::new(reader));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (r, p, s) = (reader.clone(), path.clone(), stop.clone());
+        let thread = std::thread::spawn(move || {
+            serve(&r, &mut pty, link.as_deref(), &s, |new| {
+                *p.lock().unwrap_or_else(|e| e.into_inner()) = new.to_path_buf();
+            })
+        });
+        Ok(Served {
+            reader,
+            path,
+            stop,
+            thread: Some(thread),
+        })
+    }
+
+    /// The host side of the current pty.
+    pub fn path(&self) -> PathBuf {
+        self.path.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Change the reader's faults (counted anew from here).
+    pub fn set_faults(&self, faults: Faults) {
+        self.with_reader(|r| r.set_faults(faults));
+    }
+
+    /// Do something with the reader, between two of its answers.
+    pub fn with_reader<T>(&self, f: impl FnOnce(&mut SerialReader) -> T) -> T {
+        f(&mut self.reader.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
 }
 
 #[cfg(test)]
@@ -1133,5 +1512,363 @@ mod tests {
         update_link(&link, pty.path()).unwrap();
         update_link(&link, pty.path()).unwrap();
         assert_eq!(std::fs::read_link(&link).unwrap(), pty.path());
+    }
+}
+
+#[cfg(test)]
+mod fault_tests {
+    use super::*;
+    use crate::card::{EmulatedCard, Knobs, Personalization};
+    use std::sync::atomic::AtomicU32;
+
+    /// A T=0 test card that counts the commands it runs.
+    struct Counting {
+        inner: EmulatedCard,
+        runs: Arc<AtomicU32>,
+    }
+
+    impl VirtualCard for Counting {
+        fn atr(&self) -> Vec<u8> {
+            self.inner.atr()
+        }
+        fn power_on(&mut self) {
+            self.inner.power_on()
+        }
+        fn power_off(&mut self) {
+            self.inner.power_off()
+        }
+        fn reset(&mut self) {
+            self.inner.reset()
+        }
+        fn process(&mut self, command: &[u8]) -> Reply {
+            self.runs.fetch_add(1, Ordering::SeqCst);
+            self.inner.process(command)
+        }
+    }
+
+    fn reader(model: Model, faults: Faults) -> (SerialReader, Arc<AtomicU32>) {
+        let runs = Arc::new(AtomicU32::new(0));
+        let inner = EmulatedCard::new(
+            &Personalization::default_test_card(),
+            Knobs {
+                t0: true,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        let card = Counting {
+            inner,
+            runs: runs.clone(),
+        };
+        let opts = ReaderOptions {
+            reinsert_after: Duration::from_millis(10),
+            faults,
+        };
+        let r = SerialReader::new(model, vec![Some(Box::new(card))], opts).unwrap();
+        (r, runs)
+    }
+
+    fn frame_of(seq: u8, body: CommandBody) -> (Vec<u8>, Vec<u8>) {
+        let msg = Command { slot: 0, seq, body }.encode().unwrap();
+        (frame::encode(&msg), msg)
+    }
+
+    fn power_on(seq: u8) -> Vec<u8> {
+        frame_of(seq, CommandBody::IccPowerOn { power_select: 0 }).0
+    }
+
+    fn status(seq: u8) -> Vec<u8> {
+        frame_of(seq, CommandBody::GetSlotStatus).0
+    }
+
+    fn get_data(seq: u8) -> Vec<u8> {
+        frame_of(
+            seq,
+            CommandBody::XfrBlock {
+                bwi: 0,
+                level_parameter: 0,
+                data: hex::decode("80CA000108").unwrap(),
+            },
+        )
+        .0
+    }
+
+    fn events(bytes: &[u8]) -> (Vec<Event>, usize) {
+        let mut d = Decoder::new();
+        d.push(bytes);
+        let ev = d.drain_events();
+        (ev, d.buffered())
+    }
+
+    /// The answers (messages of type ≥ 80) in `bytes`, decoded.
+    fn answers(bytes: &[u8]) -> Vec<Response> {
+        events(bytes)
+            .0
+            .into_iter()
+            .filter_map(|e| match e {
+                Event::Message(m) if m[0] >= 0x80 => Some(Response::decode(&m).unwrap()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn hits_and_their_syntax() {
+        assert!(!Hit::Never.hits(1));
+        assert!(Hit::Nth(2).hits(2) && !Hit::Nth(2).hits(4));
+        assert!(Hit::Every(2).hits(2) && Hit::Every(2).hits(4) && !Hit::Every(2).hits(3));
+        assert!(!Hit::Every(0).hits(0));
+        assert_eq!(Hit::parse("3"), Ok(Hit::Nth(3)));
+        assert_eq!(Hit::parse("every:5"), Ok(Hit::Every(5)));
+        for bad in ["0", "every:0", "every:", "x", "-1"] {
+            assert!(Hit::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn corrupt_hits_the_nth_answer_and_the_resend_is_intact() {
+        let f = Faults {
+            corrupt: Hit::Nth(2),
+            ..Default::default()
+        };
+        let (mut r, _) = reader(Model::GemCorePosPro, f);
+        assert_eq!(answers(&r.receive(&status(0))).len(), 1);
+        let out = r.receive(&status(1));
+        let (ev, left) = events(&out);
+        assert_eq!(left, 0, "same length");
+        assert!(matches!(ev.as_slice(), [Event::BadLrc(_)]), "{ev:?}");
+        let again = r.receive(&NAK_FRAME);
+        assert_eq!(answers(&again)[0].seq, 1);
+        assert_eq!(answers(&r.receive(&status(2)))[0].seq, 2, "the 3rd intact");
+        // every 2nd
+        r.set_faults(Faults {
+            corrupt: Hit::Every(2),
+            ..Default::default()
+        });
+        let hit: Vec<bool> = (3..7)
+            .map(|s| answers(&r.receive(&status(s))).is_empty())
+            .collect();
+        assert_eq!(hit, [false, true, false, true]);
+    }
+
+    #[test]
+    fn drop_byte_cuts_the_answer_short() {
+        let f = Faults {
+            drop_byte: Hit::Every(1),
+            ..Default::default()
+        };
+        let (mut r, _) = reader(Model::GemPcTwin, f);
+        let (msg_frame, msg) = frame_of(4, CommandBody::GetSlotStatus);
+        let out = r.receive(&msg_frame);
+        assert_eq!(
+            out.len(),
+            2 * msg_frame.len() - 1,
+            "echo, then one byte short"
+        );
+        let (ev, left) = events(&out);
+        assert_eq!(ev, vec![Event::Message(msg)], "the echo intact");
+        assert_eq!(
+            left,
+            msg_frame.len() - 1,
+            "a frame waiting for its last byte"
+        );
+        assert_eq!(answers(&r.receive(&NAK_FRAME))[0].seq, 4);
+    }
+
+    #[test]
+    fn nak_refuses_the_command_unrun() {
+        let f = Faults {
+            nak: Hit::Nth(1),
+            ..Default::default()
+        };
+        let (mut r, _) = reader(Model::GemPcTwin, f);
+        assert_eq!(r.receive(&power_on(0)), NAK_FRAME, "alone: no echo");
+        let s = answers(&r.receive(&status(1)));
+        assert_eq!(s[0].status.icc(), IccStatus::PresentInactive, "not powered");
+        let on = answers(&r.receive(&power_on(0)));
+        assert!(!on[0].failed());
+    }
+
+    #[test]
+    fn delay_and_time_requests_come_before_the_answer_after_the_echo() {
+        let f = Faults {
+            delay: Some((Hit::Nth(1), Duration::from_millis(700))),
+            time_requests: Some(TimeRequests {
+                hit: Hit::Every(1),
+                count: 2,
+                interval: Duration::from_millis(300),
+            }),
+            ..Default::default()
+        };
+        let (mut r, _) = reader(Model::GemPcTwin, f);
+        let (cmd, _) = frame_of(0, CommandBody::GetSlotStatus);
+        let out = r.receive_timed(&cmd);
+        let ms = |m| Out::Wait(Duration::from_millis(m));
+        let Out::Bytes(answer) = out.last().unwrap().clone() else {
+            panic!("{out:?}")
+        };
+        assert_eq!(
+            out,
+            vec![
+                Out::Bytes(cmd.clone()),
+                ms(700),
+                ms(300),
+                Out::Bytes(vec![0x80]),
+                ms(300),
+                Out::Bytes(vec![0x80]),
+                ms(300),
+                Out::Bytes(answer.clone()),
+            ]
+        );
+        assert_eq!(answers(&answer)[0].seq, 0);
+        let (ev, _) = events(&r.receive(&status(1)));
+        assert_eq!(
+            ev[1..3],
+            [Event::TimeExtension(0x80), Event::TimeExtension(0x80)],
+            "the delay hit the 1st answer only, the burst every one"
+        );
+        assert_eq!(ev.len(), 4);
+    }
+
+    #[test]
+    fn echo_forced_on_and_off() {
+        let (cmd, msg) = frame_of(0, CommandBody::GetSlotStatus);
+        for (model, echo) in [(Model::GemPcTwin, false), (Model::GemCorePosPro, true)] {
+            let f = Faults {
+                echo: Some(echo),
+                ..Default::default()
+            };
+            let (mut r, _) = reader(model, f);
+            assert_eq!(r.echoes(), echo);
+            let (ev, _) = events(&r.receive(&cmd));
+            assert_eq!(ev.len(), if echo { 2 } else { 1 }, "{model}");
+            assert_eq!(ev[0] == Event::Message(msg.clone()), echo);
+        }
+    }
+
+    #[test]
+    fn the_card_pulled_mid_apdu() {
+        for card_runs in [false, true] {
+            let f = Faults {
+                pull: Some(OnXfr { nth: 2, card_runs }),
+                ..Default::default()
+            };
+            let (mut r, runs) = reader(Model::GemPcTwin, f);
+            // card movement notices on
+            let (n, _) = frame_of(
+                0,
+                CommandBody::Escape {
+                    data: vec![1, 1, 1],
+                },
+            );
+            r.receive(&n);
+            r.receive(&power_on(1));
+            assert!(!answers(&r.receive(&get_data(2)))[0].failed());
+            let out = r.receive(&get_data(3));
+            let (ev, _) = events(&out);
+            assert!(ev.contains(&Event::SlotChange(frame::SlotChange::Absent)));
+            let x = &answers(&out)[0];
+            assert_eq!((x.status.0, x.error), (0x42, error::ICC_MUTE));
+            assert_eq!(runs.load(Ordering::SeqCst), if card_runs { 2 } else { 1 });
+            assert!(!r.is_present(0));
+            r.tick(Instant::now() + Duration::from_millis(20));
+            assert!(r.is_present(0), "back after reinsert_after");
+        }
+    }
+
+    #[test]
+    fn unplug_on_the_nth_xfr_block_resets_the_reader() {
+        for card_runs in [false, true] {
+            let down = Duration::from_millis(250);
+            let f = Faults {
+                unplug: Some((OnXfr { nth: 1, card_runs }, down)),
+                ..Default::default()
+            };
+            let (mut r, runs) = reader(Model::GemPcTwin, f);
+            r.receive(&power_on(0));
+            // the XfrBlock and a command behind it in the same read
+            let mut both = get_data(1);
+            both.extend(status(2));
+            let out = r.receive_timed(&both);
+            assert_eq!(
+                out,
+                vec![Out::Bytes(get_data(1)), Out::Unplug(down)],
+                "the echo, then nothing"
+            );
+            assert_eq!(runs.load(Ordering::SeqCst), u32::from(card_runs));
+            // back: the card is in, unpowered; no resend of an answer from before
+            assert!(r.receive(&NAK_FRAME).is_empty());
+            let s = answers(&r.receive(&status(3)));
+            assert_eq!(s[0].status.icc(), IccStatus::PresentInactive);
+            // the Nth XfrBlock is past: the next one is answered
+            r.receive(&power_on(4));
+            assert!(!answers(&r.receive(&get_data(5)))[0].failed());
+        }
+    }
+
+    /// [`serve`] closes the pty, removes the link, and after the time down opens a new
+    /// pty behind the same link.
+    #[test]
+    fn unplugged_and_back_behind_the_link() {
+        use sscard_driver::transport::serial::port::{Port, ReadOutcome, SerialPortIo};
+        let dir = tempfile::tempdir().unwrap();
+        let link = dir.path().join("ttyEMU");
+        let f = Faults {
+            unplug: Some((
+                OnXfr {
+                    nth: 1,
+                    card_runs: false,
+                },
+                Duration::from_millis(300),
+            )),
+            ..Default::default()
+        };
+        let (r, _) = reader(Model::GemCorePosPro, f);
+        let served = Served::start(r, Some(link.clone())).unwrap();
+        let first = served.path();
+        assert_eq!(std::fs::read_link(&link).unwrap(), first);
+        let open = || SerialPortIo::open(&link.to_string_lossy(), 115_200).unwrap();
+        let read_answer = |p: &mut SerialPortIo| -> io::Result<Vec<Response>> {
+            let mut got = Vec::new();
+            let until = Instant::now() + Duration::from_secs(5);
+            while Instant::now() < until {
+                let mut b = [0u8; 256];
+                if let ReadOutcome::Data(n) = p.read_some(&mut b, Duration::from_millis(50))? {
+                    got.extend_from_slice(&b[..n]);
+                    let a = answers(&got);
+                    if !a.is_empty() {
+                        return Ok(a);
+                    }
+                }
+            }
+            panic!("no answer");
+        };
+        let mut host = open();
+        host.write_all(&power_on(0)).unwrap();
+        assert!(!read_answer(&mut host).unwrap()[0].failed());
+        host.write_all(&get_data(1)).unwrap();
+        let t = Instant::now();
+        assert!(read_answer(&mut host).is_err(), "the port went away");
+        drop(host);
+        // the link went before the pty (the new pty may well get the old one's number)
+        let until = Instant::now() + Duration::from_secs(5);
+        while std::fs::read_link(&link).is_err() {
+            assert!(Instant::now() < until, "the link came back");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert!(
+            t.elapsed() >= Duration::from_millis(250),
+            "{:?}",
+            t.elapsed()
+        );
+        assert_eq!(std::fs::read_link(&link).unwrap(), served.path());
+        let mut host = open();
+        host.write_all(&status(2)).unwrap();
+        let s = read_answer(&mut host).unwrap();
+        assert_eq!(s[0].status.icc(), IccStatus::PresentInactive, "power lost");
+        host.write_all(&power_on(3)).unwrap();
+        read_answer(&mut host).unwrap();
+        host.write_all(&get_data(4)).unwrap();
+        assert!(!read_answer(&mut host).unwrap()[0].failed());
     }
 }

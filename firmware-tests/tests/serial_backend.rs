@@ -1,11 +1,14 @@
 //! The project's own serial backend (`sscard_driver::transport::serial`) against the
-//! emulated serial reader on a real pseudo-terminal (`sscard-vcard --serial-reader`):
-//! the card's records read and a purchase made through [`SerialReader`], for the
-//! GemPC Twin (echo) and the GemCore POS Pro (five slots, no echo); a card pulled and
-//! put back; the reader unplugged and plugged in again; and, through a relay that
-//! damages the line (bad LRCs, frames cut short, garbage, commands the reader NAKs,
-//! answers held back with or without T=0 time requests), purchases that still go
-//! through and silences that time out. No pcscd needed.
+//! emulated serial reader on a real pseudo-terminal (`sscard-vcard --serial-reader`, or
+//! [`Served`] in this process where a test changes the reader's faults as it goes): the
+//! card's records read and a purchase made through [`SerialReader`], for the GemPC Twin
+//! (echo) and the GemCore POS Pro (five slots, no echo); a card pulled and put back;
+//! the reader unplugged and plugged in again behind its link, also while a purchase is
+//! in flight; and, through the emulator's fault knobs (bad LRCs, frames cut short,
+//! commands the reader NAKs, echo against the model, answers held back with or without
+//! T=0 time requests, the card pulled mid-DEBIT) and a relay for garbage between
+//! frames, purchases that still go through and silences that time out. No pcscd
+//! needed.
 
 use chrono::NaiveDate;
 use sscard_driver::app::{self, Pin};
@@ -17,8 +20,14 @@ use sscard_driver::transport::serial::reader::SerialReader;
 use sscard_driver::transport::{CardTransport, Transaction, TransportError};
 use sscard_driver::CommandApdu;
 use sscard_emulator::psam::PSAM_AID;
+use sscard_firmware_tests::card::{EmulatedCard, Knobs, Personalization};
 use sscard_firmware_tests::clearing::purchase_tac;
+use sscard_firmware_tests::serial_reader::{
+    Faults, Hit, Model as EmuModel, OnXfr, ReaderOptions, SerialReader as EmuReader, Served,
+    TimeRequests,
+};
 use sscard_firmware_tests::testbed::SerialVcard;
+use sscard_firmware_tests::{Reply, VirtualCard};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -149,31 +158,39 @@ fn wait_path(p: &Path) {
     wait_for("the pty link", || p.exists().then_some(()));
 }
 
+/// `--unplug-on-xfr`: the reader goes away on the first XfrBlock of a transaction
+/// (the link with it) and comes back 500 ms later behind the same link, with the same
+/// card in it, unpowered.
 #[test]
 fn unplugged_and_plugged_in_again_behind_the_same_path() {
     let dir = tempfile::tempdir().unwrap();
     let link = dir.path().join("ttyGEM");
     let link_s = link.to_string_lossy().to_string();
-    let v = SerialVcard::start(Model::GemCorePosPro.name(), &["--link", &link_s]);
+    let _v = SerialVcard::start(
+        Model::GemCorePosPro.name(),
+        &["--link", &link_s, "--unplug-on-xfr", "1:500"],
+    );
     wait_path(&link);
     let reader = SerialReader::open(&link_s, Model::GemCorePosPro).unwrap();
     let mut card = reader.connect(0).unwrap();
-    read_and_pay(&mut card);
-    // unplug: the reader's side of the pty goes away
-    drop(v);
-    let e = card.status().unwrap_err();
+    let mut tx = Transaction::begin(&mut card).unwrap();
+    let e = match app::read_card(&mut tx).unwrap_err() {
+        app::AppError::Transport(t) => t,
+        other => panic!("{other:?}"),
+    };
     assert!(
         matches!(e, TransportError::Io(_) | TransportError::NoReader(_)),
         "{e}"
     );
-    std::fs::remove_file(&link).ok();
+    drop(tx);
+    // the link goes before the pty: while it is away the reader is not there
     assert!(matches!(card.status(), Err(TransportError::NoReader(_))));
     // plugged in again: a new pty behind the same path
-    let _v = SerialVcard::start(Model::GemCorePosPro.name(), &["--link", &link_s]);
     wait_path(&link);
-    let t = card.begin().unwrap();
-    assert!(t.new_presentation());
-    drop(t);
+    let fresh = wait_for("the reader back", || {
+        card.begin().ok().map(|t| t.new_presentation())
+    });
+    assert!(fresh);
     read_and_pay(&mut card);
 }
 
@@ -192,93 +209,44 @@ fn a_mute_card_is_a_timeout_with_the_outcome_unknown() {
     assert!(e.outcome_unknown());
 }
 
-/// Faults a [`Relay`] puts on the line, each on every n-th chunk (0: never).
-#[derive(Clone, Debug, Default)]
-struct LineFaults {
-    /// Flip the last byte (the LRC of the last frame) of a chunk from the reader.
-    corrupt_reader: u32,
-    /// Drop a byte from the middle of a chunk from the reader (a frame cut short).
-    cut_reader: u32,
-    /// Put garbage bytes before a chunk from the reader.
-    garbage_reader: u32,
-    /// Flip the LRC of a command frame from the host (the reader NAKs it).
-    corrupt_host: u32,
-    /// Hold every chunk from the reader this long, sending a T=0 time request every
-    /// `te_every` meanwhile (`None`: no time requests).
-    hold: Duration,
-    te_every: Option<Duration>,
-}
-
-/// A man in the middle between the backend and the emulated reader: a pty of its own
-/// for the backend, the emulator's pty opened as a serial port, bytes relayed both
-/// ways with [`LineFaults`] applied.
+/// A man in the middle between the backend and the emulated reader, for what the
+/// emulator's fault knobs cannot do: garbage between the reader's frames. A pty of its
+/// own for the backend, the emulator's pty opened as a serial port, bytes relayed both
+/// ways, seven bytes of garbage (`00 03 07 42 03 15 99`: a SYNC, a bad CTRL, a NAK with
+/// a wrong LRC) put before every `garbage_every`-th chunk from the reader.
 struct Relay {
     path: PathBuf,
-    faults: std::sync::Arc<std::sync::Mutex<LineFaults>>,
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Relay {
-    fn start(reader_pty: &Path, faults: LineFaults) -> Relay {
+    fn start(reader_pty: &Path, garbage_every: u32) -> Relay {
         use sscard_driver::transport::serial::port::{Port, ReadOutcome, SerialPortIo};
         use std::sync::atomic::Ordering;
         let mut host = sscard_firmware_tests::serial_reader::Pty::open().expect("relay pty");
         let mut reader = SerialPortIo::open(&reader_pty.to_string_lossy(), 115_200).unwrap();
         let path = host.path().to_path_buf();
-        let faults = std::sync::Arc::new(std::sync::Mutex::new(faults));
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let (f, s) = (faults.clone(), stop.clone());
+        let s = stop.clone();
         let thread = std::thread::spawn(move || {
-            let (mut from_reader, mut from_host) = (0u32, 0u32);
-            let hit = |every: u32, n: u32| every > 0 && n.is_multiple_of(every);
+            let mut from_reader = 0u32;
             let mut buf = [0u8; 1024];
             while !s.load(Ordering::SeqCst) {
                 let n = match host.read_timeout(&mut buf, Duration::from_millis(1)) {
                     Ok(n) => n,
                     Err(_) => return,
                 };
-                if n > 0 {
-                    let mut chunk = buf[..n].to_vec();
-                    let fl = f.lock().unwrap().clone();
-                    if chunk.len() > 3 {
-                        from_host += 1;
-                        if hit(fl.corrupt_host, from_host) {
-                            if let Some(b) = chunk.last_mut() {
-                                *b ^= 0x01;
-                            }
-                        }
-                    }
-                    if reader.write_all(&chunk).is_err() {
-                        return;
-                    }
+                if n > 0 && reader.write_all(&buf[..n]).is_err() {
+                    return;
                 }
                 match reader.read_some(&mut buf, Duration::from_millis(1)) {
                     Ok(ReadOutcome::Data(n)) => {
-                        let mut chunk = buf[..n].to_vec();
-                        let fl = f.lock().unwrap().clone();
                         from_reader += 1;
-                        if hit(fl.corrupt_reader, from_reader) {
-                            if let Some(b) = chunk.last_mut() {
-                                *b ^= 0x20;
-                            }
-                        } else if hit(fl.cut_reader, from_reader) && chunk.len() > 6 {
-                            chunk.remove(chunk.len() / 2);
-                        }
-                        if hit(fl.garbage_reader, from_reader) {
+                        if from_reader.is_multiple_of(garbage_every) {
                             let _ = host.write_all(&[0x00, 0x03, 0x07, 0x42, 0x03, 0x15, 0x99]);
                         }
-                        if !fl.hold.is_zero() {
-                            let until = Instant::now() + fl.hold;
-                            while Instant::now() < until {
-                                let step = fl.te_every.unwrap_or(fl.hold);
-                                std::thread::sleep(step.min(until - Instant::now()));
-                                if fl.te_every.is_some() && Instant::now() < until {
-                                    let _ = host.write_all(&[0x80]);
-                                }
-                            }
-                        }
-                        if host.write_all(&chunk).is_err() {
+                        if host.write_all(&buf[..n]).is_err() {
                             return;
                         }
                     }
@@ -289,14 +257,9 @@ impl Relay {
         });
         Relay {
             path,
-            faults,
             stop,
             thread: Some(thread),
         }
-    }
-
-    fn set(&self, faults: LineFaults) {
-        *self.faults.lock().unwrap() = faults;
     }
 }
 
@@ -317,72 +280,108 @@ fn quick() -> Timing {
     }
 }
 
-fn pay_through_faults(model: Model, faults: LineFaults) {
-    let v = SerialVcard::start(model.name(), &[]);
-    let relay = Relay::start(&v.pty, LineFaults::default());
-    let reader = SerialReader::open_with(&relay.path.to_string_lossy(), model, quick()).unwrap();
+/// An emulator started with the fault flags `faults`, read and paid through.
+fn pay_through_faults(model: Model, faults: &[&str]) {
+    let v = SerialVcard::start(model.name(), faults);
+    let reader = SerialReader::open_with(&v.pty.to_string_lossy(), model, quick()).unwrap();
     let mut card = reader.connect(0).unwrap();
-    relay.set(faults);
     read_and_pay(&mut card);
 }
 
 #[test]
 fn a_purchase_through_damaged_and_cut_frames_and_garbage() {
     for model in [Model::GemPcTwin, Model::GemCorePosPro] {
-        pay_through_faults(
-            model,
-            LineFaults {
-                corrupt_reader: 5,
-                cut_reader: 7,
-                garbage_reader: 3,
-                ..Default::default()
-            },
+        let v = SerialVcard::start(
+            model.name(),
+            &["--corrupt", "every:5", "--drop-byte", "every:7"],
         );
+        let relay = Relay::start(&v.pty, 3);
+        let reader =
+            SerialReader::open_with(&relay.path.to_string_lossy(), model, quick()).unwrap();
+        let mut card = reader.connect(0).unwrap();
+        read_and_pay(&mut card);
     }
 }
 
 #[test]
 fn a_purchase_through_commands_the_reader_nakked() {
     for model in [Model::GemPcTwin, Model::GemCorePosPro] {
-        pay_through_faults(
-            model,
-            LineFaults {
-                corrupt_host: 4,
-                ..Default::default()
-            },
-        );
+        pay_through_faults(model, &["--nak", "every:4"]);
+    }
+}
+
+/// The backend does not depend on the echo its model has: a GemPC Twin that does not
+/// echo, a GemCore POS Pro that does, with damaged answers on the way.
+#[test]
+fn a_purchase_with_the_echo_the_model_does_not_have() {
+    pay_through_faults(Model::GemPcTwin, &["--echo", "off", "--corrupt", "every:6"]);
+    pay_through_faults(
+        Model::GemCorePosPro,
+        &["--echo", "on", "--drop-byte", "every:6"],
+    );
+}
+
+/// The card in a reader served in this process, with the faults changed as a test
+/// goes.
+fn served(model: Model, link: Option<PathBuf>) -> Served {
+    let card = EmulatedCard::new(
+        &Personalization::default_test_card(),
+        Knobs {
+            t0: true,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let opts = ReaderOptions::default();
+    let m = EmuModel::parse(model.name()).unwrap();
+    let r = EmuReader::new(m, vec![Some(Box::new(card))], opts).unwrap();
+    Served::start(r, link).unwrap()
+}
+
+fn faults(f: impl FnOnce(&mut Faults)) -> Faults {
+    let mut x = Faults::default();
+    f(&mut x);
+    x
+}
+
+/// The transport error under an application error (a DEBIT whose answer never came is
+/// `Uncertain`).
+fn transport(e: app::AppError) -> TransportError {
+    match e {
+        app::AppError::Transport(t) | app::AppError::Uncertain { source: t, .. } => t,
+        other => panic!("{other:?}"),
     }
 }
 
 #[test]
 fn time_requests_keep_a_slow_answer_alive_and_silence_times_out() {
-    let v = SerialVcard::start(Model::GemPcTwin.name(), &[]);
-    let relay = Relay::start(&v.pty, LineFaults::default());
+    let emu = served(Model::GemPcTwin, None);
     let reader =
-        SerialReader::open_with(&relay.path.to_string_lossy(), Model::GemPcTwin, quick()).unwrap();
+        SerialReader::open_with(&emu.path().to_string_lossy(), Model::GemPcTwin, quick()).unwrap();
     let mut card = reader.connect(0).unwrap();
     // every answer 2.5 s late (2.5 × the answer timeout), with a time request every
-    // 300 ms
-    relay.set(LineFaults {
-        hold: Duration::from_millis(2500),
-        te_every: Some(Duration::from_millis(300)),
-        ..Default::default()
-    });
+    // 500 ms
+    emu.set_faults(faults(|f| {
+        f.time_requests = Some(TimeRequests {
+            hit: Hit::Every(1),
+            count: 4,
+            interval: Duration::from_millis(500),
+        })
+    }));
     let mut tx = Transaction::begin(&mut card).unwrap();
     let read = CommandApdu::new(0, 0xB2, 1, 4).with_le(256).unwrap();
     let t = Instant::now();
     // any status word: what counts is that the answer came through the wait
     tx.transmit(&read).unwrap();
     assert!(
-        t.elapsed() >= Duration::from_millis(1000),
+        t.elapsed() >= Duration::from_millis(2500),
         "{:?}",
         t.elapsed()
     );
     // the same delay without time requests
-    relay.set(LineFaults {
-        hold: Duration::from_millis(2500),
-        ..Default::default()
-    });
+    emu.set_faults(faults(|f| {
+        f.delay = Some((Hit::Every(1), Duration::from_millis(2500)))
+    }));
     let e = tx.transmit(&read).unwrap_err();
     assert!(
         matches!(e, TransportError::Timeout(_)) && e.outcome_unknown(),
@@ -390,7 +389,180 @@ fn time_requests_keep_a_slow_answer_alive_and_silence_times_out() {
     );
     drop(tx);
     // the late answer is skipped; the link goes on
-    relay.set(LineFaults::default());
+    emu.set_faults(Faults::default());
     std::thread::sleep(Duration::from_millis(2000));
     read_and_pay(&mut card);
+}
+
+/// A purchase up to its DEBIT: the card's id, the balance before, the prepared
+/// purchase.
+fn up_to_the_debit(
+    tx: &mut Transaction<'_>,
+    keys: &mut SoftwareKeys,
+) -> (sscard_driver::CardId, u32, app::PreparedPurchase) {
+    let rec = app::read_card(tx).unwrap();
+    app::external_authenticate(tx, keys, &rec.card_id).unwrap();
+    app::verify_pin(tx, &Pin::new("123456").unwrap()).unwrap();
+    let before = app::balance(tx).unwrap();
+    let p = app::initialize_purchase(tx, keys, &rec.card_id, 1234, when()).unwrap();
+    (rec.card_id, before, p)
+}
+
+/// A slow card: its DEBIT takes 3 s (3 × the answer timeout), and the reader says so
+/// with a burst of time requests; the purchase goes through.
+#[test]
+fn a_burst_of_time_requests_on_a_slow_debit() {
+    for model in [Model::GemPcTwin, Model::GemCorePosPro] {
+        let emu = served(model, None);
+        let reader =
+            SerialReader::open_with(&emu.path().to_string_lossy(), model, quick()).unwrap();
+        let mut card = reader.connect(0).unwrap();
+        let mut keys = pharmacy();
+        let mut tx = Transaction::begin(&mut card).unwrap();
+        let (id, before, p) = up_to_the_debit(&mut tx, &mut keys);
+        emu.set_faults(faults(|f| {
+            f.time_requests = Some(TimeRequests {
+                hit: Hit::Nth(1),
+                count: 5,
+                interval: Duration::from_millis(500),
+            })
+        }));
+        let t = Instant::now();
+        let proof = p.debit(&mut tx, &mut keys).unwrap();
+        assert!(
+            t.elapsed() >= Duration::from_millis(3000),
+            "{:?}",
+            t.elapsed()
+        );
+        assert_eq!(proof.balance_after, before - 1234);
+        assert_eq!(
+            proof.tac,
+            purchase_tac(id, keys.terminal_id(), &proof, when())
+        );
+    }
+}
+
+/// The card pulled while its DEBIT is in the reader, after the card ran it: the card
+/// is gone with the outcome unknown; put back, it tells what happened.
+#[test]
+fn the_card_pulled_mid_debit() {
+    let emu = served(Model::GemCorePosPro, None);
+    let reader =
+        SerialReader::open_with(&emu.path().to_string_lossy(), Model::GemCorePosPro, quick())
+            .unwrap();
+    let mut card = reader.connect(0).unwrap();
+    let mut keys = pharmacy();
+    let mut tx = Transaction::begin(&mut card).unwrap();
+    let (_, before, p) = up_to_the_debit(&mut tx, &mut keys);
+    emu.set_faults(faults(|f| {
+        f.pull = Some(OnXfr {
+            nth: 1,
+            card_runs: true,
+        })
+    }));
+    let e = transport(p.debit(&mut tx, &mut keys).unwrap_err());
+    assert!(e.outcome_unknown(), "{e}");
+    assert!(
+        matches!(e, TransportError::CardRemoved | TransportError::NoCard),
+        "{e}"
+    );
+    drop(tx);
+    // back after the reader's reinsert time (300 ms)
+    let fresh = wait_for("the card back", || {
+        card.begin().ok().map(|t| t.new_presentation())
+    });
+    assert!(fresh);
+    let mut tx = Transaction::begin(&mut card).unwrap();
+    app::read_card(&mut tx).unwrap();
+    assert_eq!(
+        app::balance(&mut tx).unwrap(),
+        before - 1234,
+        "it was debited"
+    );
+}
+
+/// The reader unplugged while the DEBIT is in it (the card did not get it), behind
+/// `--link`: a transport error with the outcome unknown, the reader away, then back
+/// behind the same path with the card unpowered and not debited, and a purchase.
+#[test]
+fn unplugged_while_a_purchase_is_in_flight() {
+    let dir = tempfile::tempdir().unwrap();
+    let link = dir.path().join("ttyGEM");
+    let link_s = link.to_string_lossy().to_string();
+    let emu = served(Model::GemCorePosPro, Some(link.clone()));
+    let reader = SerialReader::open_with(&link_s, Model::GemCorePosPro, quick()).unwrap();
+    let mut card = reader.connect(0).unwrap();
+    let mut keys = pharmacy();
+    let mut tx = Transaction::begin(&mut card).unwrap();
+    let (_, before, p) = up_to_the_debit(&mut tx, &mut keys);
+    emu.set_faults(faults(|f| {
+        f.unplug = Some((
+            OnXfr {
+                nth: 1,
+                card_runs: false,
+            },
+            Duration::from_millis(800),
+        ))
+    }));
+    let e = transport(p.debit(&mut tx, &mut keys).unwrap_err());
+    assert!(e.outcome_unknown(), "{e}");
+    assert!(matches!(e, TransportError::Io(_)), "{e}");
+    drop(tx);
+    assert!(matches!(card.status(), Err(TransportError::NoReader(_))));
+    let fresh = wait_for("the reader back", || {
+        card.begin().ok().map(|t| t.new_presentation())
+    });
+    assert!(fresh);
+    let mut tx = Transaction::begin(&mut card).unwrap();
+    app::read_card(&mut tx).unwrap();
+    assert_eq!(app::balance(&mut tx).unwrap(), before, "not debited");
+    drop(tx);
+    assert_eq!(std::fs::read_link(&link).unwrap(), emu.path());
+    read_and_pay(&mut card);
+}
+
+/// A card whose every answer carries the bytes `50 02` (what a card movement notice
+/// "slot 0 changed, absent" looks like) in its data.
+struct NoticeLookalike;
+
+impl VirtualCard for NoticeLookalike {
+    fn atr(&self) -> Vec<u8> {
+        sscard_firmware_tests::card::T0_ATR.to_vec()
+    }
+    fn power_on(&mut self) {}
+    fn power_off(&mut self) {}
+    fn reset(&mut self) {}
+    fn process(&mut self, _: &[u8]) -> Reply {
+        let mut d = vec![0x11; 10];
+        d.extend([0x50, 0x02]);
+        d.extend([0x22; 10]);
+        d.extend([0x90, 0x00]);
+        Reply::Answer(d)
+    }
+}
+
+/// A frame cut short whose data holds `50 02` must be resent, not read as the card
+/// leaving. Fails today: after the gap the link rescans the cut frame's remains and
+/// keeps the card movement notices it finds there
+/// (`driver/src/transport/serial/link.rs`, the `stuck` branch of `exchange`), so the
+/// transaction ends with `CardRemoved`. The purchase through cut frames above meets it
+/// now and then, when a random MAC or TAC holds `50` and a byte with bit 1 set.
+#[test]
+#[ignore = "backend bug: data in a cut frame read as a card movement notice"]
+fn a_cut_frame_whose_data_looks_like_a_notice_is_resent() {
+    let r = EmuReader::new(
+        EmuModel::GemCorePosPro,
+        vec![Some(Box::new(NoticeLookalike))],
+        ReaderOptions::default(),
+    )
+    .unwrap();
+    let emu = Served::start(r, None).unwrap();
+    let path = emu.path().to_string_lossy().to_string();
+    let reader = SerialReader::open_with(&path, Model::GemCorePosPro, quick()).unwrap();
+    let mut card = reader.connect(0).unwrap();
+    let mut tx = Transaction::begin(&mut card).unwrap();
+    let read = CommandApdu::new(0, 0xB0, 0, 0).with_le(22).unwrap();
+    assert_eq!(tx.transmit(&read).unwrap().data.len(), 22);
+    emu.set_faults(faults(|f| f.drop_byte = Hit::Nth(1)));
+    assert_eq!(tx.transmit(&read).unwrap().data.len(), 22);
 }

@@ -9,14 +9,15 @@ use sscard_firmware_tests::card::{AtrChoice, EmulatedCard, Knobs, Personalizatio
 use sscard_firmware_tests::perso::{Chip, IssueFactory};
 use sscard_firmware_tests::psam::Psam;
 use sscard_firmware_tests::serial_reader::{
-    install_presence_signals, serve, update_link, Model, Pty, ReaderOptions, SerialReader,
+    install_presence_signals, serve, update_link, Faults, Hit, Model, OnXfr, Pty, ReaderOptions,
+    SerialReader, TimeRequests,
 };
 use sscard_firmware_tests::vpcd::{control, serve_with, BridgeOptions, Presence, WireTime};
 use sscard_firmware_tests::VirtualCard;
 use std::io::Write;
 use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 #[derive(Parser)]
@@ -109,6 +110,43 @@ struct Args {
     /// The card in slot 0 starts out of the reader (SIGUSR2 puts it in).
     #[arg(long)]
     start_absent: bool,
+    /// Fault (--serial-reader): flip a bit of the byte before the LRC of the Nth answer
+    /// frame (`N`) or of every Nth (`every:N`). A frame resent on a NAK goes intact.
+    #[arg(long, value_name = "HIT", help_heading = "Serial reader faults")]
+    corrupt: Option<String>,
+    /// Fault: leave out the middle byte of these answer frames (HIT: N or every:N).
+    #[arg(long, value_name = "HIT", help_heading = "Serial reader faults")]
+    drop_byte: Option<String>,
+    /// Fault: answer these command frames (HIT: N or every:N, counting intact command
+    /// frames) with a NAK, without running them.
+    #[arg(long, value_name = "HIT", help_heading = "Serial reader faults")]
+    nak: Option<String>,
+    /// Fault: hold these answer frames back MS milliseconds, in silence
+    /// (HIT:MS, e.g. every:1:2500).
+    #[arg(long, value_name = "HIT:MS", help_heading = "Serial reader faults")]
+    answer_delay: Option<String>,
+    /// Fault: before these answer frames, COUNT T=0 time requests (byte 80), each
+    /// after MS milliseconds, and the answer MS after the last (HIT:COUNT:MS).
+    #[arg(
+        long,
+        value_name = "HIT:COUNT:MS",
+        help_heading = "Serial reader faults"
+    )]
+    time_requests: Option<String>,
+    /// Fault: echo command frames (on) or not (off), whatever the model does.
+    #[arg(long, value_name = "on|off", help_heading = "Serial reader faults")]
+    echo: Option<String>,
+    /// Fault: pull the card out of its slot on the Nth XfrBlock (counted over every
+    /// slot); `:run` lets the card run the command first. It comes back after
+    /// --reinsert-ms.
+    #[arg(long, value_name = "N[:run]", help_heading = "Serial reader faults")]
+    pull_on_xfr: Option<String>,
+    /// Fault: unplug the reader on the Nth XfrBlock, leaving it unanswered (`:run`:
+    /// the card runs it first): the pty is closed and the --link removed, and MS
+    /// milliseconds later a new pty is opened behind the link (its path printed as
+    /// another `pty:` line), the reader reset as from a power cycle.
+    #[arg(long, value_name = "N:MS[:run]", help_heading = "Serial reader faults")]
+    unplug_on_xfr: Option<String>,
 }
 
 fn fail(msg: String) -> ! {
@@ -173,6 +211,81 @@ fn psam_card(a: &Args) -> Psam {
     p
 }
 
+/// A HIT (`N` or `every:N`) at the start of `parts`, taken off.
+fn take_hit(flag: &str, parts: &mut Vec<&str>) -> Hit {
+    let n = if parts.first() == Some(&"every") {
+        2
+    } else {
+        1
+    };
+    if parts.len() < n {
+        fail(format!("--{flag}: HIT is N or every:N"));
+    }
+    let hit: Vec<&str> = parts.drain(..n).collect();
+    Hit::parse(&hit.join(":")).unwrap_or_else(|e| fail(format!("--{flag}: {e}")))
+}
+
+fn number<T: std::str::FromStr>(flag: &str, s: Option<&str>) -> T {
+    s.and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| fail(format!("--{flag}: a number expected")))
+}
+
+fn on_xfr(flag: &str, n: Option<&str>, run: Option<&str>) -> OnXfr {
+    let nth: u32 = number(flag, n);
+    if nth == 0 {
+        fail(format!("--{flag}: XfrBlocks count from 1"));
+    }
+    let card_runs = match run {
+        None => false,
+        Some("run") => true,
+        Some(o) => fail(format!("--{flag}: {o:?}: `run` or nothing")),
+    };
+    OnXfr { nth, card_runs }
+}
+
+fn faults(a: &Args) -> Faults {
+    let mut f = Faults::default();
+    let hit = |flag: &str, v: &Option<String>| match v {
+        None => Hit::Never,
+        Some(s) => Hit::parse(s).unwrap_or_else(|e| fail(format!("--{flag}: {e}"))),
+    };
+    f.corrupt = hit("corrupt", &a.corrupt);
+    f.drop_byte = hit("drop-byte", &a.drop_byte);
+    f.nak = hit("nak", &a.nak);
+    if let Some(s) = &a.answer_delay {
+        let mut p: Vec<&str> = s.split(':').collect();
+        let h = take_hit("answer-delay", &mut p);
+        let ms: u64 = number("answer-delay", p.first().copied());
+        f.delay = Some((h, Duration::from_millis(ms)));
+    }
+    if let Some(s) = &a.time_requests {
+        let mut p: Vec<&str> = s.split(':').collect();
+        let h = take_hit("time-requests", &mut p);
+        f.time_requests = Some(TimeRequests {
+            hit: h,
+            count: number("time-requests", p.first().copied()),
+            interval: Duration::from_millis(number("time-requests", p.get(1).copied())),
+        });
+    }
+    f.echo = match a.echo.as_deref() {
+        None => None,
+        Some("on") => Some(true),
+        Some("off") => Some(false),
+        Some(o) => fail(format!("--echo {o:?}: on or off")),
+    };
+    if let Some(s) = &a.pull_on_xfr {
+        let p: Vec<&str> = s.split(':').collect();
+        f.pull = Some(on_xfr("pull-on-xfr", p.first().copied(), p.get(1).copied()));
+    }
+    if let Some(s) = &a.unplug_on_xfr {
+        let p: Vec<&str> = s.split(':').collect();
+        let u = on_xfr("unplug-on-xfr", p.first().copied(), p.get(2).copied());
+        let ms: u64 = number("unplug-on-xfr", p.get(1).copied());
+        f.unplug = Some((u, Duration::from_millis(ms)));
+    }
+    f
+}
+
 /// `--serial-reader`: the card in slot 0 of an emulated serial reader on a new pty.
 fn serve_serial(a: &Args, card: Box<dyn VirtualCard>, what: &str) -> ! {
     let model = Model::parse(&a.model).unwrap_or_else(|| {
@@ -189,7 +302,7 @@ fn serve_serial(a: &Args, card: Box<dyn VirtualCard>, what: &str) -> ! {
     }
     let opts = ReaderOptions {
         reinsert_after: Duration::from_millis(a.reinsert_ms),
-        ..Default::default()
+        faults: faults(a),
     };
     let mut reader = SerialReader::new(model, cards, opts).unwrap_or_else(|e| fail(e));
     if a.start_absent {
@@ -205,7 +318,12 @@ fn serve_serial(a: &Args, card: Box<dyn VirtualCard>, what: &str) -> ! {
     println!("sscard-vcard: serving {what} in a {model} reader");
     let _ = std::io::stdout().flush();
     let stop = AtomicBool::new(false);
-    match serve(&mut reader, &mut pty, &stop) {
+    let reader = Mutex::new(reader);
+    let plugged = |p: &std::path::Path| {
+        println!("pty: {}", p.display());
+        let _ = std::io::stdout().flush();
+    };
+    match serve(&reader, &mut pty, a.link.as_deref(), &stop, plugged) {
         Ok(()) => std::process::exit(0),
         Err(e) => fail(format!("serial reader: {e}")),
     }
