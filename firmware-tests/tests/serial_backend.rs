@@ -541,14 +541,12 @@ impl VirtualCard for NoticeLookalike {
     }
 }
 
-/// A frame cut short whose data holds `50 02` must be resent, not read as the card
-/// leaving. Fails today: after the gap the link rescans the cut frame's remains and
-/// keeps the card movement notices it finds there
-/// (`driver/src/transport/serial/link.rs`, the `stuck` branch of `exchange`), so the
-/// transaction ends with `CardRemoved`. The purchase through cut frames above meets it
-/// now and then, when a random MAC or TAC holds `50` and a byte with bit 1 set.
+/// A frame cut short whose data holds `50 02` is resent, not read as the card leaving:
+/// the link once rescanned a cut frame's remains for card movement notices
+/// (`driver/src/transport/serial/link.rs`, the `stuck` branch of `exchange`), and the
+/// purchase through cut frames above met it now and then, when a random MAC or TAC held
+/// `50` and a byte with bit 1 set.
 #[test]
-#[ignore = "backend bug: data in a cut frame read as a card movement notice"]
 fn a_cut_frame_whose_data_looks_like_a_notice_is_resent() {
     let r = EmuReader::new(
         EmuModel::GemCorePosPro,

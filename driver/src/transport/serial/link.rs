@@ -424,10 +424,13 @@ impl Link {
                     loop {
                         pending.extend(
                             std::iter::from_fn(|| self.decoder.next_event())
-                                // what the lost frame's body looked like is no
-                                // NAK, no time request: a NAK there would resend a
-                                // command the reader may have run
-                                .filter(|e| matches!(e, Event::Message(_) | Event::SlotChange(_))),
+                                // what the lost frame's body looked like is no NAK,
+                                // no time request and no card notice: a NAK there
+                                // would resend a command the reader may have run,
+                                // and card data holding `50 02` would pass for the
+                                // card leaving (a real notice lost here shows at the
+                                // next GetSlotStatus)
+                                .filter(|e| matches!(e, Event::Message(_))),
                         );
                         if self.decoder.buffered() == 0
                             || pending.iter().any(|e| matches!(e, Event::Message(_)))
