@@ -30,6 +30,13 @@ impl CliError {
     pub fn failed(m: impl Into<String>) -> Self {
         Self::new(1, m)
     }
+    /// The same error, its message prefixed with what was being done.
+    pub fn context(self, what: impl fmt::Display) -> Self {
+        CliError {
+            code: self.code,
+            message: format!("{what}: {}", self.message),
+        }
+    }
     pub fn code(&self) -> i32 {
         self.code
     }

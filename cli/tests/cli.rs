@@ -370,3 +370,40 @@ fn backup_of_a_running_daemon_holds_its_payments_and_keeps_the_retention() {
 fn weeks_ago(weeks: u64) -> chrono::DateTime<chrono::Utc> {
     chrono::Utc::now() - chrono::Duration::weeks(weeks as i64)
 }
+
+#[test]
+fn readers_lists_every_slot_of_a_serial_reader() {
+    use sscard_firmware_tests::testbed::SerialVcard;
+    let v = SerialVcard::start("GemCorePOSPro", &[]);
+    let spec = format!("{}:GemCorePOSPro", v.pty.display());
+    let (code, out, err) = sscard(&["--json", "readers", "--serial", &spec]);
+    assert_eq!(code, 0, "{err}");
+    let j: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let serial: Vec<&serde_json::Value> = j
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["backend"] == "serial")
+        .collect();
+    assert_eq!(serial.len(), 5, "{out}");
+    let card = serial[0];
+    assert_eq!(
+        card["name"],
+        format!("GemCorePOSPro {} 0", v.pty.display()).as_str()
+    );
+    assert_eq!(card["card_present"], true);
+    assert!(card["atr"].as_str().unwrap().starts_with("3B"), "{card}");
+    assert!(serial[1..].iter().all(|r| r["card_present"] == false));
+    assert!(!card["firmware"].as_str().unwrap().is_empty());
+    // the text form names each slot; a path with nothing behind it is no reader
+    let (code, out, _) = sscard(&["readers", "--serial", &spec]);
+    assert_eq!(code, 0);
+    assert!(
+        out.contains(&format!("GemCorePOSPro {} 4\tempty", v.pty.display())),
+        "{out}"
+    );
+    drop(v);
+    let (code, _, err) = sscard(&["readers", "--serial", "/dev/nonexistent-tty:GemPCTwin"]);
+    assert_eq!(code, 3, "{err}");
+    assert!(err.contains("serial reader /dev/nonexistent-tty"), "{err}");
+}
