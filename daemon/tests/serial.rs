@@ -55,6 +55,8 @@ async fn a_serial_reader_is_one_reader_a_slot_and_pays() {
     .await;
     let serial: Vec<&Value> = l.iter().filter(|r| r["backend"] == "serial").collect();
     assert_eq!(serial.len(), 5, "five slots: {l:?}");
+    let slots: Vec<i64> = serial.iter().filter_map(|r| r["slot"].as_i64()).collect();
+    assert_eq!(slots, [0, 1, 2, 3, 4], "{l:?}");
 
     // read and pay on slot 0, naming the reader
     let card = c

@@ -72,6 +72,8 @@ impl Waiting {
 pub struct ReaderHandle {
     pub name: String,
     pub backend: &'static str,
+    /// The slot of a multi-slot (serial) reader.
+    pub slot: Option<u8>,
     jobs: mpsc::UnboundedSender<Job>,
     tracked: Arc<Mutex<(bool, Vec<u8>)>>,
     live: Option<LivePresence>,
@@ -349,6 +351,7 @@ impl Readers {
                 backend,
                 connector,
                 live,
+                slot,
             } => {
                 let (tx, rx) = mpsc::unbounded_channel();
                 let shared = Arc::new(Shared {
@@ -364,6 +367,7 @@ impl Readers {
                 let h = ReaderHandle {
                     name: name.clone(),
                     backend,
+                    slot,
                     jobs: tx,
                     tracked: Arc::new(Mutex::new((false, Vec::new()))),
                     live,

@@ -91,6 +91,7 @@ impl ReaderSource for PcscSource {
                         name,
                         backend: "pcsc",
                         live: None,
+                        slot: None,
                     })
                 }
                 ReaderEvent::ReaderRemoved(name) if !self.ignored(&name) => {

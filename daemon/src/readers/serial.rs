@@ -142,6 +142,7 @@ impl Port {
                     slot,
                 }),
                 live: None,
+                slot: Some(slot),
             });
         }
     }

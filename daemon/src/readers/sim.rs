@@ -128,6 +128,7 @@ impl SimSource {
                             slot,
                         }),
                         live: Some(live),
+                        slot: None,
                     });
                     if present {
                         ev.push(SourceEvent::CardInserted {

@@ -23,6 +23,8 @@ pub enum SourceEvent {
         backend: &'static str,
         connector: Box<dyn Connector>,
         live: Option<LivePresence>,
+        /// The slot of a multi-slot reader (a serial reader's), for `reader.list`.
+        slot: Option<u8>,
     },
     ReaderRemoved(String),
     CardInserted {
