@@ -215,3 +215,34 @@ fn names_and_aids() {
     psam.extend_from_slice(b"PSAM");
     assert_eq!(up(&psam), s(&v, "psam_aid"));
 }
+
+/// Card profile 1.1 §1: the PIN layouts (short, and the fixed blocks a PIN pad fills).
+#[test]
+fn pin_blocks() {
+    use sscard_driver::app::Pin;
+    let v = vectors();
+    let pin = Pin::new(s(&v, "pin_blocks.pin")).unwrap();
+    assert_eq!(up(pin.bcd()), s(&v, "pin_blocks.verify_short"));
+    assert_eq!(
+        up(&pin.fixed_block().unwrap()[..]),
+        s(&v, "pin_blocks.verify_fixed")
+    );
+    // the odd PIN is the fixed vector's own digits up to its padding
+    let odd_fixed = s(&v, "pin_blocks.verify_odd_fixed");
+    let odd_digits = odd_fixed.trim_end_matches('F');
+    let odd = Pin::new(odd_digits).unwrap();
+    assert_eq!(up(&odd.fixed_block().unwrap()[..]), odd_fixed);
+    let new = Pin::new("654321").unwrap();
+    let short: Vec<u8> = [pin.bcd(), &[0xFF], new.bcd()].concat();
+    assert_eq!(
+        up(&short),
+        s(&v, "pin_blocks.change_short_old_123456_new_654321")
+    );
+    assert_eq!(
+        up(&Pin::change_block(&pin, &new).unwrap()),
+        s(&v, "pin_blocks.change_fixed_old_123456_new_654321")
+    );
+    // twelve digits fill the block exactly
+    let twelve = Pin::new("123456789012").unwrap();
+    assert_eq!(up(&twelve.fixed_block().unwrap()[..]), "123456789012");
+}

@@ -34,6 +34,30 @@ impl Pin {
     pub fn bcd(&self) -> &[u8] {
         &self.0
     }
+
+    /// The fixed 6-byte block a PIN pad fills (card profile 1.1 §1): the packed digits,
+    /// right-padded with `F` nibbles (`123456` = `12 34 56 FF FF FF`). `None` for a PIN
+    /// of more than 12 digits, which does not fit.
+    pub fn fixed_block(&self) -> Option<Zeroizing<[u8; 6]>> {
+        let b = self.bcd();
+        if b.len() > 6 {
+            return None;
+        }
+        let mut out = Zeroizing::new([0xFF; 6]);
+        out[..b.len()].copy_from_slice(b);
+        Some(out)
+    }
+
+    /// CHANGE PIN's data in the fixed layout of card profile 1.1 §1 (Lc = 13):
+    /// `old (6, F-padded) ‖ FF ‖ new (6, F-padded)`.
+    pub fn change_block(old: &Pin, new: &Pin) -> Option<Zeroizing<Vec<u8>>> {
+        let (o, n) = (old.fixed_block()?, new.fixed_block()?);
+        let mut v = Zeroizing::new(Vec::with_capacity(13));
+        v.extend_from_slice(&o[..]);
+        v.push(0xFF);
+        v.extend_from_slice(&n[..]);
+        Some(v)
+    }
 }
 
 impl fmt::Debug for Pin {

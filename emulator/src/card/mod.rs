@@ -488,10 +488,15 @@ impl EmulatedCard {
             return Err(StatusWord::AuthMethodBlocked);
         }
         let d = c.data();
-        let sep = d
-            .iter()
-            .position(|b| *b == 0xFF)
-            .ok_or(StatusWord::IncorrectData)?;
+        // Lc = 13: the fixed layout of a PIN pad, old (6) ‖ FF ‖ new (6) (1.1); else the
+        // two PINs as they are, split at the first FF
+        let sep = if d.len() == 13 && d[6] == 0xFF {
+            6
+        } else {
+            d.iter()
+                .position(|b| *b == 0xFF)
+                .ok_or(StatusWord::IncorrectData)?
+        };
         let old = decode_pin(&d[..sep]).ok_or(StatusWord::IncorrectData)?;
         let new = decode_pin(&d[sep + 1..]).ok_or(StatusWord::IncorrectData)?;
         if !crypto::ct_eq(old.as_bytes(), self.image.pin.as_bytes()) {
@@ -792,14 +797,17 @@ fn log_record(
 }
 
 /// A PIN in packed BCD with `F` padding (§1), 4 to 12 digits.
+/// A PIN field (card profile §1): packed BCD digits, then `F` nibbles that pad it (one
+/// for an odd count, or up to a fixed 6-byte block, 1.1); a digit after an `F` is not
+/// a PIN.
 fn decode_pin(b: &[u8]) -> Option<zeroize::Zeroizing<String>> {
     let mut s = zeroize::Zeroizing::new(String::new());
-    for (i, byte) in b.iter().enumerate() {
-        for (j, nib) in [byte >> 4, byte & 0x0F].into_iter().enumerate() {
+    let mut padding = false;
+    for byte in b {
+        for nib in [byte >> 4, byte & 0x0F] {
             match nib {
-                0..=9 => s.push((b'0' + nib) as char),
-                // F pads only the very last nibble
-                0x0F if i == b.len() - 1 && j == 1 => {}
+                0..=9 if !padding => s.push((b'0' + nib) as char),
+                0x0F => padding = true,
                 _ => return None,
             }
         }

@@ -927,3 +927,53 @@ fn collect_card_ids(v: &serde_json::Value, out: &mut Vec<String>) {
         _ => {}
     }
 }
+
+/// Card profile 1.1 §1: VERIFY and CHANGE PIN in the fixed 6-byte blocks a PIN pad
+/// fills, from `shared/spec/vectors.json` (`pin_blocks`), beside the short forms.
+#[test]
+fn pins_in_the_fixed_blocks_of_a_pin_pad() {
+    let path =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/spec/vectors.json");
+    let Ok(text) = std::fs::read_to_string(&path) else {
+        eprintln!(
+            "{} not there: the vectors are checked in the driver's copy",
+            path.display()
+        );
+        return;
+    };
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let b = |k: &str| v["pin_blocks"][k].as_str().unwrap().to_string();
+    let verify = |data: &str| format!("00200000{:02X}{data}", data.len() / 2);
+    let mut r = reader(Knobs::default());
+    let mut tx = Transaction::begin(&mut r).unwrap();
+    send(&mut tx, SELECT);
+    assert!(send(&mut tx, &verify(&b("verify_short"))).sw.is_ok());
+    assert!(send(&mut tx, &verify(&b("verify_fixed"))).sw.is_ok());
+    // a digit after the padding is no PIN
+    assert_eq!(
+        send(&mut tx, &verify("123456FF1FFF")).sw,
+        StatusWord::IncorrectData
+    );
+    // CHANGE PIN in the fixed layout (Lc = 13), then the short form back
+    let fixed = b("change_fixed_old_123456_new_654321");
+    assert!(
+        send(&mut tx, &format!("805E0100{:02X}{fixed}", fixed.len() / 2))
+            .sw
+            .is_ok()
+    );
+    assert!(send(&mut tx, &verify("654321")).sw.is_ok());
+    assert!(send(&mut tx, "805E010007654321FF123456").sw.is_ok());
+    assert!(send(&mut tx, &verify(&b("verify_fixed"))).sw.is_ok());
+    // the odd PIN's fixed block, on a card whose PIN has five digits
+    drop(tx);
+    let odd = b("verify_odd_fixed");
+    let mut p = Personalization::default_test_card();
+    p.pin = odd.trim_end_matches('F').to_string();
+    let mut r = SimReader::with_card(
+        "sim",
+        Box::new(EmulatedCard::new(&p, Knobs::default()).unwrap()),
+    );
+    let mut tx = Transaction::begin(&mut r).unwrap();
+    send(&mut tx, SELECT);
+    assert!(send(&mut tx, &verify(&odd)).sw.is_ok());
+}
