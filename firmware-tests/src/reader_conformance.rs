@@ -337,6 +337,14 @@ pub struct Report {
     pub timings: Vec<TimingStats>,
 }
 
+fn protocol_name(p: Option<Protocol>) -> &'static str {
+    match p {
+        Some(Protocol::T0) => "T=0",
+        Some(Protocol::T1) => "T=1",
+        None => "none",
+    }
+}
+
 fn ms(d: Duration) -> f64 {
     (d.as_secs_f64() * 1e6).round() / 1e3
 }
@@ -367,7 +375,12 @@ impl Report {
         let mut t = String::new();
         let _ = writeln!(t, "sscard reader conformance report");
         let _ = writeln!(t, "reader:   {}", self.reader);
-        let _ = writeln!(t, "card:     ATR {}, {:?}", self.atr, self.protocol);
+        let _ = writeln!(
+            t,
+            "card:     ATR {}, {}",
+            self.atr,
+            protocol_name(self.protocol)
+        );
         let _ = writeln!(t, "started:  {}", self.started);
         let _ = writeln!(t);
         for r in &self.results {
@@ -459,7 +472,7 @@ impl Report {
         json!({
             "reader": self.reader,
             "atr": self.atr,
-            "protocol": self.protocol.map(|p| format!("{p:?}")),
+            "protocol": protocol_name(self.protocol),
             "started": self.started,
             "passed": self.results.iter().filter(|r| matches!(r.outcome, Outcome::Passed(_))).count(),
             "skipped": self.results.iter().filter(|r| matches!(r.outcome, Outcome::Skipped(_))).count(),
@@ -657,7 +670,7 @@ fn hex(b: &[u8]) -> String {
 
 fn show(r: &ResponseApdu) -> String {
     if r.data.is_empty() {
-        format!("{}", hex(&r.sw.to_bytes()))
+        hex(&r.sw.to_bytes())
     } else {
         format!("{} bytes then {}", r.data.len(), hex(&r.sw.to_bytes()))
     }
@@ -772,10 +785,7 @@ const CHECKS: &[(&str, Check)] = &[
         check_case2,
     ),
     ("case 3: SELECT", check_case3),
-    (
-        "case 4: SELECT with FCI, INTERNAL AUTHENTICATE",
-        check_case4,
-    ),
+    ("case 4: INTERNAL AUTHENTICATE, SELECT with Le", check_case4),
     ("longest answer", check_longest),
     ("61xx chain and GET RESPONSE", check_61xx),
     ("6Cxx and the resend with the right Le", check_6c),
@@ -866,7 +876,15 @@ fn check_identify(c: &mut Ctx<'_, '_>) -> CheckOut {
     })?;
     Ok(vec![
         format!("ATR {}", hex(&st.atr)),
-        format!("protocol {:?} (the ATR offers {offered:?})", st.protocol),
+        format!(
+            "protocol {} (the ATR offers {})",
+            protocol_name(st.protocol),
+            offered
+                .iter()
+                .map(|p| protocol_name(Some(*p)))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
     ])
 }
 
@@ -1236,7 +1254,8 @@ enum Move {
     In,
 }
 
-/// Have the card moved: by the test, or the technician; `false` if nobody can.
+/// Have the card moved: by the test, or by the technician (asked on stderr); a skip
+/// if nobody can.
 fn move_card(hands: &mut Hands<'_>, m: Move, reader: &str) -> Result<(), Stop> {
     match hands {
         Hands::Driven { remove, insert } => {
