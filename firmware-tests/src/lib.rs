@@ -13,6 +13,7 @@ pub use sscard_emulator::{Reply, VirtualCard};
 
 pub mod clearing;
 pub mod conformance;
+pub mod reader_conformance;
 pub mod serial_reader;
 pub mod testbed;
 pub mod vpcd;

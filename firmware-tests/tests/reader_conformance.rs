@@ -1,0 +1,192 @@
+//! The reader conformance suite (`sscard_firmware_tests::reader_conformance`) against
+//! the emulated serial readers: through the project's own serial backend
+//! (`sscard-vcard --serial-reader` on a pty: a GemCore POS Pro with a PSAM in its first
+//! SAM slot, and a GemPC Twin) and through pcscd with libccid's `libccidtwin` (the test
+//! bed's emulated readers, `SerialReaderLease`). Every check must pass; the only
+//! skips allowed are those the reader cannot have (no PIN pad, no SAM slot or no PSAM
+//! in it).
+//!
+//! With `SSCARD_CONFORMANCE_READER` set (`serial:/dev/ttyUSB0:GemCorePOSPro` or
+//! `pcsc:<reader name>`), only that reader is tested (docs/serial-readers.md, "The
+//! reader conformance suite").
+//!
+//! Reports go to `$SSCARD_CONFORMANCE_REPORT` (a directory), else to
+//! `target/tmp/reader-conformance/`, as `reader-conformance-<reader>.txt` and `.json`.
+//! Run under `scripts/with-pcscd` (scripts/test does): the libccid tests need its
+//! private pcscd.
+
+use sscard_driver::transport::serial::model::Model;
+use sscard_driver::transport::serial::reader::SerialReader;
+use sscard_driver::transport::CardTransport;
+use sscard_firmware_tests::reader_conformance::{
+    check_names, open_target, run, Hands, Outcome, ReaderSpec, ReaderTarget, Report, SuiteConfig,
+    REPORT_ENV,
+};
+use sscard_firmware_tests::testbed::{SerialReaderLease, SerialVcard};
+use std::path::PathBuf;
+
+fn report_dir() -> PathBuf {
+    std::env::var_os(REPORT_ENV)
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("reader-conformance"))
+}
+
+fn write(report: &Report) {
+    let (text, json) = report.write(&report_dir()).expect("write the report");
+    println!("{}", report.to_text());
+    println!("report: {} and {}", text.display(), json.display());
+}
+
+/// True (and says so) when a real reader is named: the emulator tests stand aside.
+fn real_reader_named() -> bool {
+    let named = ReaderSpec::from_env().is_some();
+    if named {
+        println!("SSCARD_CONFORMANCE_READER is set: only that reader is tested");
+    }
+    named
+}
+
+/// Every check passed, but those in `skips` (check name, part of the reason), which
+/// must have been skipped.
+fn assert_conforms(report: &Report, skips: &[(&str, &str)]) {
+    assert_eq!(report.results.len(), check_names().len());
+    assert!(report.failures().is_empty(), "{}", report.to_text());
+    for r in &report.results {
+        match (&r.outcome, skips.iter().find(|(n, _)| *n == r.name)) {
+            (Outcome::Passed(_), None) => {}
+            (Outcome::Skipped(why), Some((_, want))) if why.contains(want) => {}
+            (o, want) => panic!(
+                "{}: {o:?}, expected {}\n{}",
+                r.name,
+                want.map_or("a pass".to_string(), |w| format!("a skip for {w:?}")),
+                report.to_text()
+            ),
+        }
+    }
+    assert!(
+        report
+            .timings
+            .iter()
+            .any(|t| t.command == "APDU (all, card slot)" && t.count > 50),
+        "{:?}",
+        report.timings
+    );
+}
+
+const PIN_PAD: &str = "PIN pad entry";
+const SAM: &str = "SAM slot while the card slot is in a transaction";
+
+/// The suite through the project's serial backend on an emulated `model`.
+fn serial_backend(model: Model, args: &[&str]) -> Report {
+    let v = SerialVcard::start(model.name(), args);
+    let path = v.pty.to_string_lossy().to_string();
+    let reader = SerialReader::open(&path, model).unwrap();
+    let card = reader.connect(0).unwrap();
+    let sam: Result<Box<dyn CardTransport>, String> = if model.slots() > 1 {
+        reader
+            .connect(1)
+            .map(|s| Box::new(s) as Box<dyn CardTransport>)
+            .map_err(|e| format!("slot 1: {e}"))
+    } else {
+        Err(format!("a {model} has no SAM slot"))
+    };
+    let mut target = ReaderTarget {
+        label: format!("emulated {model} through the serial backend"),
+        card: Box::new(card),
+        sam,
+        pin_pad: model.pin_pad(),
+        hands: Hands::Driven {
+            remove: Box::new(|| v.signal("USR1")),
+            insert: Box::new(|| v.signal("USR2")),
+        },
+        pcsc_events: None,
+    };
+    let report = run(&mut target, &SuiteConfig::default());
+    write(&report);
+    report
+}
+
+#[test]
+fn gemcore_pos_pro_with_a_psam_through_the_serial_backend() {
+    if real_reader_named() {
+        return;
+    }
+    let r = serial_backend(Model::GemCorePosPro, &["--with-psam"]);
+    assert_conforms(&r, &[(PIN_PAD, "no PIN pad")]);
+}
+
+#[test]
+fn gempc_twin_through_the_serial_backend() {
+    if real_reader_named() {
+        return;
+    }
+    let r = serial_backend(Model::GemPcTwin, &[]);
+    assert_conforms(&r, &[(PIN_PAD, "no PIN pad"), (SAM, "no SAM slot")]);
+}
+
+/// The suite through pcscd and libccid on the test bed's emulated `model`.
+fn libccid(model: &str) -> Report {
+    let lease = SerialReaderLease::acquire(model);
+    let card = lease.connect();
+    // the test bed starts its readers without a PSAM (scripts/with-pcscd)
+    let sam: Result<Box<dyn CardTransport>, String> = match lease.readers().get(1) {
+        None => Err(format!("a {model} has no SAM slot")),
+        Some(name) => sscard_driver::transport::pcsc::PcscContext::establish()
+            .and_then(|c| {
+                c.connect(
+                    name,
+                    sscard_driver::transport::pcsc::ShareMode::Shared,
+                    None,
+                )
+            })
+            .map(|s| Box::new(s) as Box<dyn CardTransport>)
+            .map_err(|e| format!("no PSAM in {name:?} (the test bed starts none): {e}")),
+    };
+    let reader0 = lease.reader(0).to_string();
+    let mut target = ReaderTarget {
+        label: format!("emulated {model} through pcscd and libccid ({reader0})"),
+        card: Box::new(card),
+        sam,
+        pin_pad: false,
+        hands: Hands::Driven {
+            remove: Box::new(|| lease.remove()),
+            insert: Box::new(|| lease.insert()),
+        },
+        pcsc_events: Some(reader0),
+    };
+    let report = run(&mut target, &SuiteConfig::default());
+    write(&report);
+    report
+}
+
+#[test]
+fn gemcore_pos_pro_through_pcscd_and_libccid() {
+    if real_reader_named() {
+        return;
+    }
+    let r = libccid("GemCorePOSPro");
+    assert_conforms(&r, &[(PIN_PAD, "no PIN pad"), (SAM, "no PSAM")]);
+}
+
+#[test]
+fn gempc_twin_through_pcscd_and_libccid() {
+    if real_reader_named() {
+        return;
+    }
+    let r = libccid("GemPCTwin");
+    assert_conforms(&r, &[(PIN_PAD, "no PIN pad"), (SAM, "no SAM slot")]);
+}
+
+/// The reader `SSCARD_CONFORMANCE_READER` names, if any: no check may fail (skips are
+/// in the report, with their reasons).
+#[test]
+fn the_named_reader() {
+    let Some(spec) = ReaderSpec::from_env() else {
+        return;
+    };
+    let spec = spec.unwrap_or_else(|e| panic!("SSCARD_CONFORMANCE_READER: {e}"));
+    let mut target = open_target(&spec).unwrap_or_else(|e| panic!("{spec}: {e}"));
+    let report = run(&mut target, &SuiteConfig::default());
+    write(&report);
+    assert!(report.failures().is_empty(), "{}", report.to_text());
+}
