@@ -5,10 +5,12 @@
 
 use sscard_driver::keys::{CardKeys, Key16};
 use sscard_driver::transport::pcsc::{PcscContext, ShareMode};
+use sscard_driver::transport::serial::reader::SerialReader;
 use sscard_driver::transport::CardTransport;
 use sscard_driver::types::{CardId, TerminalId};
 use sscard_firmware_tests::card::Personalization;
 use sscard_firmware_tests::conformance::{run_all, ConformanceCard};
+use sscard_firmware_tests::reader_conformance::ReaderSpec;
 use sscard_firmware_tests::testbed::Vcard;
 
 /// The default card, described from vectors.json (read at run time).
@@ -59,10 +61,23 @@ fn run(card: &mut dyn CardTransport, label: &str) {
 
 #[test]
 fn conformance_through_pcscd_t1_and_t0() {
-    if let Ok(reader) = std::env::var("SSCARD_CONFORMANCE_READER") {
-        let ctx = PcscContext::establish().unwrap();
-        let mut card = ctx.connect(&reader, ShareMode::Exclusive, None).unwrap();
-        return run(&mut card, &reader);
+    // the variable the reader suite reads too: `pcsc:NAME` (or a bare name) or
+    // `serial:PATH[:MODEL]`, whose card slot the card suite then runs on
+    if let Some(spec) = ReaderSpec::from_env() {
+        let spec = spec.unwrap_or_else(|e| panic!("SSCARD_CONFORMANCE_READER: {e}"));
+        let label = spec.to_string();
+        match spec {
+            ReaderSpec::Pcsc { reader } => {
+                let ctx = PcscContext::establish().unwrap();
+                let mut card = ctx.connect(&reader, ShareMode::Exclusive, None).unwrap();
+                return run(&mut card, &label);
+            }
+            ReaderSpec::Serial { path, model } => {
+                let r = SerialReader::open(&path, model).unwrap();
+                let mut card = r.connect(0).unwrap();
+                return run(&mut card, &label);
+            }
+        }
     }
     for args in [&[][..], &["--t0"][..]] {
         let v = Vcard::start(args);
