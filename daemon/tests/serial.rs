@@ -153,3 +153,53 @@ async fn a_psam_in_a_sam_slot_is_the_keys_and_not_a_reader() {
     assert_eq!(p["status"], "completed", "{p}");
     d.stop().await;
 }
+
+/// Unplugged mid-command (the emulator's `--unplug-on-xfr`: the first XfrBlock, here
+/// the read at insertion, makes the device go away and come back 500 ms later behind
+/// the same path): the readers go, come back by themselves, and the card pays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_reader_unplugged_comes_back_by_itself() {
+    let dir = tempfile::tempdir().unwrap();
+    let link = dir.path().join("ttyGEM");
+    let link_s = link.to_string_lossy().to_string();
+    let _v = SerialVcard::start(
+        "GemPCTwin",
+        &["--link", &link_s, "--unplug-on-xfr", "1:500"],
+    );
+    for _ in 0..100 {
+        if link.exists() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let cfg = SerialConfig::from_arg(&format!("{link_s}:GemPCTwin")).unwrap();
+    let card_reader = reader_name(&cfg, 0);
+    let d = InProc::start_with(SimControl::new(), |c| c.serial = vec![cfg], None).await;
+    let mut w = d.login("audit").await;
+    w.call("events.subscribe", json!({})).await.unwrap();
+    let mut c = d.login("cashier").await;
+    // the read at insertion unplugs it: the reader goes, and comes back
+    let gone = w.notification("reader.removed").await;
+    assert_eq!(gone["params"]["reader"], card_reader.as_str());
+    let back = w.notification("reader.added").await;
+    assert_eq!(back["params"]["reader"], card_reader.as_str());
+    until_listed(&mut c, "the card back", |l| {
+        l.iter()
+            .any(|r| r["name"] == card_reader.as_str() && r["card_present"] == true)
+    })
+    .await;
+    let card = c
+        .call("card.read", json!({"reader": card_reader}))
+        .await
+        .unwrap();
+    let p = c
+        .call(
+            "pay.debit",
+            json!({"order_id": "BACK-1", "amount_fen": 100, "pin": "123456",
+                   "reader": card_reader, "card_id": card["card_id"]}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(p["status"], "completed", "{p}");
+    d.stop().await;
+}

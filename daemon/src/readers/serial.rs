@@ -58,10 +58,14 @@ impl Connector for SlotConnector {
     }
 }
 
-/// One configured port.
+/// One configured port. Its [`SerialReader`] is made once and kept: after the device
+/// went away the same reader opens the port again (its slots' connectors, and a PSAM
+/// that holds one of them, stay valid), so two readers never share a port.
 struct Port {
     cfg: SerialConfig,
     reader: Option<Arc<SerialReader>>,
+    /// Its slots are readers now (announced, not gone since).
+    up: bool,
     /// Each slot's card (present, ATR) as last reported.
     known: Vec<(bool, Vec<u8>)>,
     next_try: Instant,
@@ -72,18 +76,30 @@ struct Port {
 impl Port {
     fn changes(&mut self, ev: &mut Vec<SourceEvent>) {
         let now = Instant::now();
-        let Some(reader) = self.reader.clone() else {
-            if now >= self.next_try {
-                self.open(ev);
-            }
-            return;
-        };
-        if self.known.is_empty() {
-            // opened before the source started (the PSAM's port)
-            self.announce(ev);
+        if !self.up && now < self.next_try {
             return;
         }
+        let reader = match &self.reader {
+            Some(r) => r.clone(),
+            None => {
+                let path = self.cfg.path.to_string_lossy().into_owned();
+                match SerialReader::open(&path, self.cfg.model) {
+                    Ok(r) => {
+                        let r = Arc::new(r);
+                        self.reader = Some(r.clone());
+                        r
+                    }
+                    Err(e) => return self.failed(&e),
+                }
+            }
+        };
         match reader.poll() {
+            // its cards are reported at the next poll
+            Ok(_) if !self.up => {
+                tracing::info!(port = %self.cfg.path.display(), model = self.cfg.model.name(), firmware = %reader.firmware(), "serial reader up");
+                self.last_error.clear();
+                self.announce(&reader, ev);
+            }
             Ok(slots) => {
                 for s in slots {
                     let i = usize::from(s.slot);
@@ -102,36 +118,26 @@ impl Port {
                     *k = (s.present, s.atr);
                 }
             }
-            Err(e) => {
+            Err(e) if self.up => {
                 tracing::warn!(port = %self.cfg.path.display(), "serial reader gone: {e}");
                 self.gone(ev);
             }
+            Err(e) => self.failed(&e),
         }
     }
 
-    fn open(&mut self, ev: &mut Vec<SourceEvent>) {
-        let path = self.cfg.path.to_string_lossy().into_owned();
-        match SerialReader::open(&path, self.cfg.model) {
-            Ok(r) => {
-                tracing::info!(port = %path, model = self.cfg.model.name(), firmware = %r.firmware(), "serial reader opened");
-                self.last_error.clear();
-                self.reader = Some(Arc::new(r));
-                self.announce(ev);
-            }
-            Err(e) => {
-                let m = e.to_string();
-                if m != self.last_error {
-                    tracing::warn!(port = %path, "serial reader: {m}; retrying");
-                    self.last_error = m;
-                }
-                self.next_try = Instant::now() + RETRY;
-            }
+    fn failed(&mut self, e: &TransportError) {
+        let m = e.to_string();
+        if m != self.last_error {
+            tracing::warn!(port = %self.cfg.path.display(), "serial reader: {m}; retrying");
+            self.last_error = m;
         }
+        self.next_try = Instant::now() + RETRY;
     }
 
-    /// Every slot of the open reader becomes a reader (its cards come at the next poll).
-    fn announce(&mut self, ev: &mut Vec<SourceEvent>) {
-        let Some(r) = self.reader.clone() else { return };
+    /// Every slot of the reader becomes a reader of the daemon.
+    fn announce(&mut self, r: &Arc<SerialReader>, ev: &mut Vec<SourceEvent>) {
+        self.up = true;
         self.known = vec![(false, Vec::new()); usize::from(r.slots())];
         for slot in 0..r.slots() {
             ev.push(SourceEvent::ReaderAdded {
@@ -159,7 +165,7 @@ impl Port {
             ev.push(SourceEvent::ReaderRemoved(name));
         }
         self.known.clear();
-        self.reader = None;
+        self.up = false;
         self.next_try = Instant::now() + RETRY;
     }
 }
@@ -184,6 +190,7 @@ impl SerialSource {
                         .iter()
                         .find(|r| std::path::Path::new(r.path()) == cfg.path)
                         .cloned(),
+                    up: false,
                     known: Vec::new(),
                     next_try: Instant::now(),
                     last_error: String::new(),
