@@ -398,15 +398,6 @@ impl Journal {
             .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
     }
 
-    /// Reserve a terminal sequence number: durable before it is used, never reused.
-    pub fn next_seq(&mut self) -> JResult<u32> {
-        let tx = self.db.transaction()?;
-        let n: i64 = tx.query_row("SELECT next FROM sequence WHERE id=1", [], |r| r.get(0))?;
-        tx.execute("UPDATE sequence SET next=?1 WHERE id=1", [n + 1])?;
-        tx.commit()?;
-        u32::try_from(n).map_err(|_| rusqlite::Error::IntegralValueOutOfRange(0, n))
-    }
-
     /// The next terminal sequence number no payment row has used: where
     /// [`JournalHandle::reserve_seq`] starts.
     pub fn stored_next_seq(&self) -> JResult<i64> {
@@ -710,7 +701,7 @@ mod tests {
     fn payments_orders_totals_and_upload_state() {
         let dir = tempfile::tempdir().unwrap();
         let mut j = Journal::open(&dir.path().join("j.db")).unwrap();
-        assert_eq!((j.next_seq().unwrap(), j.next_seq().unwrap()), (1, 2));
+        assert_eq!(j.stored_next_seq().unwrap(), 1);
         j.insert(&payment("A", 100, PaymentStatus::Pending))
             .unwrap();
         assert!(

@@ -143,20 +143,22 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (h, thread) =
             JournalHandle::spawn(Journal::open(&dir.path().join("j.db")).unwrap()).unwrap();
-        assert_eq!(h.call(|j| j.next_seq()).await.unwrap(), 1);
+        // each call appends an entry and answers the chain's head: in the order sent
+        let append = |j: &mut Journal| {
+            j.audit("t", "li", "m", "r", "c", "ok")?;
+            Ok(j.audit_head()?.map(|h| h.seq))
+        };
+        assert_eq!(h.call(append).await.unwrap(), Some(2));
         let h2 = h.clone();
-        let n = tokio::task::spawn_blocking(move || h2.call_blocking(|j| j.next_seq()))
+        let n = tokio::task::spawn_blocking(move || h2.call_blocking(append))
             .await
             .unwrap()
             .unwrap();
-        assert_eq!(n, 2);
+        assert_eq!(n, Some(3));
         // the pre-call check the dispatcher runs
         h.call(|j| j.probe_write()).await.unwrap();
         h.close().await;
-        assert!(matches!(
-            h.call(|j| j.next_seq()).await,
-            Err(JournalError::Closed)
-        ));
+        assert!(matches!(h.call(append).await, Err(JournalError::Closed)));
         drop(h);
         thread.join().unwrap();
         // the WAL was folded back: the file alone holds the data

@@ -131,13 +131,6 @@ impl<'a> Card<'a> {
         *self.cache = Some(p);
     }
 
-    /// Change what is remembered (nothing if nothing is).
-    pub fn update(&mut self, f: impl FnOnce(&mut Presentation)) {
-        if let Some(p) = self.cache.as_mut() {
-            f(p);
-        }
-    }
-
     /// Forget the presentation (the card in the reader is not the one remembered).
     pub fn forget(&mut self) {
         *self.cache = None;
