@@ -36,6 +36,15 @@ pub enum Event {
 }
 
 impl Event {
+    /// `payment.settled` for a payment whose outcome the journal now holds.
+    pub fn settled(p: &crate::journal::Payment) -> Event {
+        Event::PaymentSettled {
+            order_id: p.order_id.clone(),
+            kind: p.kind,
+            status: p.status,
+        }
+    }
+
     /// The notification's method name.
     pub fn method(&self) -> &'static str {
         match self {

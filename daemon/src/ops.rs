@@ -438,11 +438,7 @@ fn limits(ctx: &Ctx, spent: i64, amount: u32) -> Result<(), ApiError> {
 }
 
 fn notify(ctx: &Ctx, p: &Payment) {
-    let _ = ctx.events.send(Event::PaymentSettled {
-        order_id: p.order_id.clone(),
-        kind: p.kind,
-        status: p.status,
-    });
+    let _ = ctx.events.send(Event::settled(p));
 }
 
 /// Record a pending payment's outcome (and tell subscribers).

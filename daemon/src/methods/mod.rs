@@ -410,11 +410,7 @@ async fn try_audit(
     {
         Ok(true) => {
             if let Some(p) = &note.settle {
-                let _ = st.events.send(Event::PaymentSettled {
-                    order_id: p.order_id.clone(),
-                    kind: p.kind,
-                    status: p.status,
-                });
+                let _ = st.events.send(Event::settled(p));
             }
             Ok(())
         }
