@@ -427,3 +427,14 @@ impl Drop for SerialVcard {
         let _ = self.child.wait();
     }
 }
+
+/// A pharmacy terminal's software keys in the test bed: EXT, INT and PURCHASE of the
+/// test master keys for region 650200, terminal 650200000001.
+pub fn pharmacy_keys() -> sscard_driver::keyprovider::SoftwareKeys {
+    use sscard_driver::keys::KeyPurpose;
+    sscard_driver::keyprovider::SoftwareKeys::test_keys(
+        "650200".parse().expect("a region"),
+        "650200000001".parse().expect("a terminal id"),
+        &[KeyPurpose::Ext, KeyPurpose::Int, KeyPurpose::Purchase],
+    )
+}

@@ -29,7 +29,7 @@ fn terminal(purposes: &[KeyPurpose]) -> SoftwareKeys {
     )
 }
 fn pharmacy() -> SoftwareKeys {
-    terminal(&[KeyPurpose::Ext, KeyPurpose::Int, KeyPurpose::Purchase])
+    sscard_firmware_tests::testbed::pharmacy_keys()
 }
 fn office() -> SoftwareKeys {
     terminal(&KeyPurpose::ALL)

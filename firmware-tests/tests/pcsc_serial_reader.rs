@@ -8,7 +8,6 @@
 use chrono::NaiveDate;
 use sscard_driver::app::{self, Pin};
 use sscard_driver::keyprovider::{KeyProvider, SoftwareKeys};
-use sscard_driver::keys::KeyPurpose;
 use sscard_driver::transport::pcsc::PcscContext;
 use sscard_driver::transport::{CardTransport, Protocol, Transaction};
 use sscard_firmware_tests::card::T0_ATR;
@@ -24,11 +23,7 @@ fn when() -> chrono::NaiveDateTime {
 }
 
 fn pharmacy() -> SoftwareKeys {
-    SoftwareKeys::test_keys(
-        "650200".parse().unwrap(),
-        "650200000001".parse().unwrap(),
-        &[KeyPurpose::Ext, KeyPurpose::Int, KeyPurpose::Purchase],
-    )
+    sscard_firmware_tests::testbed::pharmacy_keys()
 }
 
 /// The reader's slots as pcscd lists them, the card's ATR and protocol, every record,

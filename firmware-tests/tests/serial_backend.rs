@@ -13,7 +13,6 @@
 use chrono::NaiveDate;
 use sscard_driver::app::{self, Pin};
 use sscard_driver::keyprovider::{KeyProvider, SoftwareKeys};
-use sscard_driver::keys::KeyPurpose;
 use sscard_driver::transport::serial::link::Timing;
 use sscard_driver::transport::serial::model::Model;
 use sscard_driver::transport::serial::reader::SerialReader;
@@ -39,11 +38,7 @@ fn when() -> chrono::NaiveDateTime {
 }
 
 fn pharmacy() -> SoftwareKeys {
-    SoftwareKeys::test_keys(
-        "650200".parse().unwrap(),
-        "650200000001".parse().unwrap(),
-        &[KeyPurpose::Ext, KeyPurpose::Int, KeyPurpose::Purchase],
-    )
+    sscard_firmware_tests::testbed::pharmacy_keys()
 }
 
 fn read_and_pay(card: &mut dyn CardTransport) {
