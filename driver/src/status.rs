@@ -47,8 +47,42 @@ pub enum StatusWord {
     KeyIndexNotSupported,
     /// `9406`: requested MAC (transaction proof) not available.
     MacNotAvailable,
+    /// `6400`–`6403`: a PIN pad's own answer to a PIN entry (PC/SC part 10 §2.5.2); the
+    /// card was not asked.
+    PinEntry(PinEntry),
     /// Any other value.
     Other(u16),
+}
+
+/// Why a PIN pad gave up a PIN entry (PC/SC part 10 §2.5.2: the reader answers these
+/// status words itself).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum PinEntry {
+    /// `6400`: the holder typed nothing in time.
+    Timeout,
+    /// `6401`: the holder pressed Cancel.
+    Cancelled,
+    /// `6402`: the new PIN and its confirmation differ.
+    Mismatch,
+    /// `6403`: the PIN typed is shorter or longer than allowed.
+    Length,
+}
+
+impl fmt::Display for PinEntry {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(StatusWord::PinEntry(*self).describe())
+    }
+}
+
+impl PinEntry {
+    fn sw2(self) -> u8 {
+        match self {
+            PinEntry::Timeout => 0,
+            PinEntry::Cancelled => 1,
+            PinEntry::Mismatch => 2,
+            PinEntry::Length => 3,
+        }
+    }
 }
 
 /// What a caller can do about a status word (card profile §5).
@@ -66,6 +100,8 @@ pub enum StatusKind {
     Security,
     /// Purse refused the amount.
     Funds,
+    /// The PIN pad gave up the entry (timeout, cancel, mismatch, length).
+    PinEntry,
     /// The command or its data was wrong (a terminal bug or unsupported card).
     Command,
     /// File or record absent.
@@ -98,6 +134,7 @@ impl StatusWord {
             StatusWord::InsufficientFunds => 0x9401,
             StatusWord::KeyIndexNotSupported => 0x9403,
             StatusWord::MacNotAvailable => 0x9406,
+            StatusWord::PinEntry(p) => 0x6400 | p.sw2() as u16,
             StatusWord::Other(v) => v,
         }
     }
@@ -130,6 +167,7 @@ impl StatusWord {
             WrongLength | IncorrectData | IncorrectP1P2 | InsNotSupported | ClaNotSupported
             | KeyIndexNotSupported | MacNotAvailable => StatusKind::Command,
             FileNotFound | RecordNotFound => StatusKind::NotFound,
+            PinEntry(_) => StatusKind::PinEntry,
             Other(_) => StatusKind::Unknown,
         }
     }
@@ -158,6 +196,10 @@ impl StatusWord {
             InsufficientFunds => "insufficient funds",
             KeyIndexNotSupported => "key index not supported",
             MacNotAvailable => "requested MAC not available",
+            PinEntry(self::PinEntry::Timeout) => "PIN entry timed out on the pad",
+            PinEntry(self::PinEntry::Cancelled) => "PIN entry cancelled on the pad",
+            PinEntry(self::PinEntry::Mismatch) => "the new PINs typed on the pad differ",
+            PinEntry(self::PinEntry::Length) => "PIN of the wrong length typed on the pad",
             Other(_) => "unknown status word",
         }
     }
@@ -184,6 +226,10 @@ impl From<u16> for StatusWord {
             0x9401 => InsufficientFunds,
             0x9403 => KeyIndexNotSupported,
             0x9406 => MacNotAvailable,
+            0x6400 => PinEntry(self::PinEntry::Timeout),
+            0x6401 => PinEntry(self::PinEntry::Cancelled),
+            0x6402 => PinEntry(self::PinEntry::Mismatch),
+            0x6403 => PinEntry(self::PinEntry::Length),
             v if v & 0xFF00 == 0x6100 => MoreData(v as u8),
             v if v & 0xFF00 == 0x6C00 => WrongLe(v as u8),
             v if v & 0xFFF0 == 0x63C0 => WrongPin {

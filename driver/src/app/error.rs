@@ -19,6 +19,10 @@ pub enum AppError {
     PinWrong { tries_left: u8 },
     #[error("PIN blocked")]
     PinBlocked,
+    /// The PIN pad gave the entry up (timeout, cancel, the new PINs differ, wrong
+    /// length): the card was not asked, no try was used.
+    #[error("PIN entry on the pad: {0}")]
+    PinEntry(crate::status::PinEntry),
     #[error("security status not satisfied (PIN not verified?)")]
     SecurityNotSatisfied,
     #[error("authentication failed")]

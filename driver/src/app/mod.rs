@@ -11,8 +11,9 @@ mod records;
 
 pub use error::AppError;
 pub use pin::{
-    block_application, change_pin, external_authenticate, internal_authenticate, pin_tries_left,
-    reload_pin, unblock_application, update_record, verify_pin, Pin,
+    block_application, change_pin, change_pin_on_pad, external_authenticate, internal_authenticate,
+    pin_tries_left, reload_pin, unblock_application, update_record, verify_pin, verify_pin_on_pad,
+    Pin,
 };
 pub use purse::{
     balance, bcd_datetime, initialize_purchase, load, recover_purchase, transaction_log, LoadProof,

@@ -4,6 +4,7 @@ use super::{apdu, AppError};
 use crate::keyprovider::KeyProvider;
 use crate::keys::KeyPurpose;
 use crate::status::StatusWord;
+use crate::transport::pinpad::PadRequest;
 use crate::transport::Transaction;
 use crate::types::CardId;
 use std::fmt;
@@ -74,6 +75,7 @@ fn pin_status(sw: StatusWord) -> AppError {
         }
         StatusWord::WrongPin { tries_left } => AppError::PinWrong { tries_left },
         StatusWord::ConditionsNotSatisfied | StatusWord::ApplicationBlocked => AppError::Blocked,
+        StatusWord::PinEntry(p) => AppError::PinEntry(p),
         sw => AppError::Card(sw),
     }
 }
@@ -105,6 +107,24 @@ pub fn change_pin(tx: &mut Transaction<'_>, old: &Pin, new: &Pin) -> Result<(), 
     data.extend_from_slice(new.bcd());
     let c = apdu(0x80, 0x5E, 0x01, 0x00, &data, 0)?.sensitive();
     match tx.transmit(&c)?.sw {
+        StatusWord::Ok => Ok(()),
+        sw => Err(pin_status(sw)),
+    }
+}
+
+/// VERIFY with the PIN typed on the reader's keypad (card profile 1.1 §1: the pad fills
+/// the fixed 6-byte block). `timeout_s` is how long the holder has.
+pub fn verify_pin_on_pad(tx: &mut Transaction<'_>, timeout_s: u8) -> Result<(), AppError> {
+    match tx.pin_pad(&PadRequest::verify(timeout_s))?.sw {
+        StatusWord::Ok => Ok(()),
+        sw => Err(pin_status(sw)),
+    }
+}
+
+/// CHANGE PIN with the current PIN, the new one and its confirmation typed on the
+/// reader's keypad (card profile 1.1 §1, Lc = 13).
+pub fn change_pin_on_pad(tx: &mut Transaction<'_>, timeout_s: u8) -> Result<(), AppError> {
+    match tx.pin_pad(&PadRequest::change(timeout_s))?.sw {
         StatusWord::Ok => Ok(()),
         sw => Err(pin_status(sw)),
     }

@@ -6,10 +6,12 @@
 //! the card says `9000`, and `6Cxx` re-sends the command with the right Le.
 
 pub mod pcsc;
+pub mod pinpad;
 pub mod serial;
 
 use crate::apdu::{ApduError, CommandApdu, ResponseApdu};
 use crate::status::StatusWord;
+use pinpad::PadRequest;
 use std::time::Duration;
 
 /// Transport failures: the reader, the link or the card went wrong, not the command.
@@ -40,6 +42,9 @@ pub enum TransportError {
     /// The card answered `61xx` / `6Cxx` in a loop or with inconsistent lengths.
     #[error("protocol error: {0}")]
     Protocol(String),
+    /// The reader cannot do what was asked (a PIN entry on a reader without a pad).
+    #[error("the reader cannot do this: {0}")]
+    Unsupported(String),
     #[error("PC/SC error: {0}")]
     Pcsc(#[source] ::pcsc::Error),
     #[error("I/O error: {0}")]
@@ -97,6 +102,17 @@ pub trait RawTransaction {
     /// trusted.
     fn new_presentation(&self) -> bool {
         false
+    }
+    /// Have the holder type the PIN on the reader's keypad (PC/SC part 10
+    /// `FEATURE_VERIFY_PIN_DIRECT` / `FEATURE_MODIFY_PIN_DIRECT`, CCID
+    /// `PC_to_RDR_Secure`; [`pinpad`]): the reader fills `request`'s APDU and sends it.
+    /// Returns the response APDU's bytes: the card's answer, or the pad's own status
+    /// word (`6400`–`6403`). Blocks until the holder is done or the pad times out.
+    fn pin_pad(&mut self, request: &PadRequest) -> Result<Vec<u8>, TransportError> {
+        let _ = request;
+        Err(TransportError::Unsupported(
+            "the reader has no PIN pad".into(),
+        ))
     }
 }
 
@@ -198,6 +214,16 @@ impl<'a> Transaction<'a> {
             data.append(&mut resp.data);
         }
         resp.data = data;
+        Ok(resp)
+    }
+
+    /// A PIN entry on the reader's keypad ([`RawTransaction::pin_pad`]). The answer's
+    /// status word may be the pad's ([`StatusWord::PinEntry`]).
+    pub fn pin_pad(&mut self, request: &PadRequest) -> Result<ResponseApdu, TransportError> {
+        tracing::trace!(">>> PIN pad {:?}", request.purpose());
+        let bytes = self.raw.pin_pad(request)?;
+        let resp = ResponseApdu::parse(&bytes).map_err(|_| TransportError::NoResponse)?;
+        tracing::trace!("<<< {:?}", resp.sw);
         Ok(resp)
     }
 
