@@ -108,6 +108,28 @@ fn pin_right_wrong_blocked() {
 }
 
 #[test]
+fn a_vpcd_reader_is_no_pin_pad_and_says_so() {
+    use sscard_driver::transport::pinpad::PadRequest;
+    let v = Vcard::start(&[]);
+    let mut card = v.connect();
+    // GET_FEATURE_REQUEST went to the reader at connect; vpcd lists no feature
+    assert!(!card.capabilities().pin_pad);
+    let mut tx = Transaction::begin(&mut card).unwrap();
+    send(&mut tx, SELECT);
+    for r in [PadRequest::verify(5), PadRequest::change(5)] {
+        assert!(matches!(
+            tx.pin_pad(&r),
+            Err(TransportError::Unsupported(_))
+        ));
+    }
+    // and the card is still there to talk to: no try was used
+    assert_eq!(
+        send(&mut tx, "0020000000").sw,
+        StatusWord::WrongPin { tries_left: 3 }
+    );
+}
+
+#[test]
 fn external_and_internal_authentication() {
     let v = Vcard::start(&[]);
     let mut card = v.connect();

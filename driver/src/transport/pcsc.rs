@@ -5,8 +5,15 @@
 //! pcscd went away and came back; [`PcscCard`] is a connected card implementing
 //! [`CardTransport`]; [`Monitor`] waits for readers appearing and disappearing (the PnP
 //! notification reader) and for cards inserted and removed (`SCardGetStatusChange`).
+//!
+//! PIN pads (PC/SC part 10): at connect the card handle asks the reader's features
+//! (`SCardControl` with `CM_IOCTL_GET_FEATURE_REQUEST`); a reader that lists
+//! `FEATURE_VERIFY_PIN_DIRECT` is a PIN pad ([`Capabilities::pin_pad`]), and
+//! [`RawTransaction::pin_pad`] sends the PIN_VERIFY / PIN_MODIFY structure on the
+//! feature's control code ([`super::pinpad`]).
 
-use super::{CardStatus, CardTransport, Protocol, RawTransaction, TransportError};
+use super::pinpad::{Features, PadRequest, Purpose, GET_FEATURE_REQUEST};
+use super::{Capabilities, CardStatus, CardTransport, Protocol, RawTransaction, TransportError};
 use std::ffi::{CStr, CString};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -132,12 +139,14 @@ impl PcscContext {
             None => pcsc::Protocols::ANY,
         };
         let card = self.with_ctx(|c| c.connect(&name, share, protocols))?;
+        let features = features(&card);
         Ok(PcscCard {
             ctx: self.clone(),
             card,
             reader: reader.to_string(),
             share,
             protocols,
+            features,
         })
     }
 
@@ -346,12 +355,30 @@ pub struct PcscCard {
     reader: String,
     share: pcsc::ShareMode,
     protocols: pcsc::Protocols,
+    features: Features,
+}
+
+/// The reader's part 10 features; none when it answers GET_FEATURE_REQUEST with an
+/// error (vpcd's readers do) or with a list that does not parse.
+fn features(card: &pcsc::Card) -> Features {
+    let mut buf = [0u8; 256];
+    match card.control(pcsc::ctl_code(GET_FEATURE_REQUEST.into()), &[], &mut buf) {
+        Ok(tlv) => Features::parse(tlv).unwrap_or_else(|e| {
+            tracing::debug!("GET_FEATURE_REQUEST answer not understood: {e}");
+            Features::default()
+        }),
+        Err(e) => {
+            tracing::trace!("GET_FEATURE_REQUEST: {e}");
+            Features::default()
+        }
+    }
 }
 
 struct PcscTransaction<'a> {
     tx: pcsc::Transaction<'a>,
     buf: Vec<u8>,
     new_presentation: bool,
+    features: Features,
 }
 
 impl RawTransaction for PcscTransaction<'_> {
@@ -365,6 +392,30 @@ impl RawTransaction for PcscTransaction<'_> {
 
     fn new_presentation(&self) -> bool {
         self.new_presentation
+    }
+
+    fn pin_pad(&mut self, request: &PadRequest) -> Result<Vec<u8>, TransportError> {
+        let code = match request.purpose() {
+            Purpose::Verify => self.features.verify_pin_direct,
+            Purpose::Change => self.features.modify_pin_direct,
+        }
+        .ok_or_else(|| {
+            TransportError::Unsupported(format!(
+                "the reader has no FEATURE_{}_PIN_DIRECT",
+                match request.purpose() {
+                    Purpose::Verify => "VERIFY",
+                    Purpose::Change => "MODIFY",
+                }
+            ))
+        })?;
+        let structure = zeroize::Zeroizing::new(request.pcsc_bytes());
+        // the answer is the card's (or the pad's) SW1 SW2, with data for none of ours
+        let mut out = [0u8; 258];
+        let r = self
+            .tx
+            .control(code.into(), &structure, &mut out)
+            .map_err(map_error)?;
+        Ok(r.to_vec())
     }
 }
 
@@ -387,6 +438,7 @@ impl CardTransport for PcscCard {
                 tx,
                 buf,
                 new_presentation: false,
+                features: self.features,
             })),
             // pcsc-lite marks every handle of the reader at a removal or a reset
             // (whoever caused it) and answers that at the handle's next call: take the
@@ -399,6 +451,7 @@ impl CardTransport for PcscCard {
                     tx,
                     buf,
                     new_presentation: true,
+                    features: self.features,
                 }))
             }
             Err((_, e)) => Err(map_error(e)),
@@ -432,6 +485,14 @@ impl CardTransport for PcscCard {
     fn reattach(&mut self) -> Result<Vec<u8>, TransportError> {
         self.reconnect(pcsc::Disposition::LeaveCard)
     }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            pin_pad: self.features.pin_pad(),
+            extended_length: false,
+            max_command: 261,
+        }
+    }
 }
 
 impl PcscCard {
@@ -451,6 +512,7 @@ impl PcscCard {
                     None,
                 )?;
                 self.card = fresh.card;
+                self.features = fresh.features;
             }
         }
         Ok(self.status()?.atr)
