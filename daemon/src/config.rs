@@ -17,6 +17,8 @@
 //! login_timeout_ms = 10000            # a connection must log in within it (>= 100)
 //! max_unauthenticated = 16            # not yet logged in at once (1..=max_connections)
 //! idle_timeout_ms = 0                 # idle between lines; 0 = never
+//! require_pin_pad = false             # true: on a reader with a PIN pad, refuse PINs sent over the socket
+//! pin_pad_timeout_s = 30              # how long the holder has to type on a pad (5..=120)
 //! blacklist_file = "/etc/sscard/blacklist.csv"   # optional: card,reason,until
 //! [keys]                              # exactly one of:
 //! keystore = { path = "/etc/sscard/terminal.keystore", passphrase_file = "/etc/sscard/pass" }
@@ -240,6 +242,11 @@ pub struct Config {
     pub max_unauthenticated: usize,
     /// How long a logged-in connection may stay silent; 0 = never (api.md 1.1).
     pub idle_timeout_ms: u64,
+    /// On a reader with a PIN pad, refuse a `pin` sent over the socket: the holder
+    /// types on the pad (api.md 1.1).
+    pub require_pin_pad: bool,
+    /// Seconds the holder has to type on a PIN pad (bTimerOut of the PIN structures).
+    pub pin_pad_timeout_s: u8,
     pub backup: BackupConfig,
     pub upload: Option<UploadConfig>,
     pub operators: Vec<Operator>,
@@ -281,6 +288,13 @@ struct RawConfig {
     max_unauthenticated: Option<toml::Spanned<usize>>,
     #[serde(default)]
     idle_timeout_ms: u64,
+    #[serde(default)]
+    require_pin_pad: bool,
+    #[serde(
+        default = "pin_pad_timeout",
+        deserialize_with = "pin_pad_timeout_range"
+    )]
+    pin_pad_timeout_s: u8,
     #[serde(default)]
     backup: BackupConfig,
     upload: Option<UploadConfig>,
@@ -373,6 +387,17 @@ fn positive_usize<'de, D: serde::Deserializer<'de>>(d: D) -> Result<usize, D::Er
     match usize::deserialize(d)? {
         0 => Err(serde::de::Error::custom("must be positive")),
         v => Ok(v),
+    }
+}
+
+fn pin_pad_timeout() -> u8 {
+    sscard_driver::transport::pinpad::DEFAULT_TIMEOUT_S
+}
+
+fn pin_pad_timeout_range<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u8, D::Error> {
+    match u64::deserialize(d)? {
+        v @ 5..=120 => Ok(v as u8),
+        v => Err(serde::de::Error::custom(format!("{v} s: from 5 to 120 s"))),
     }
 }
 
@@ -600,6 +625,8 @@ impl Config {
             login_timeout_ms: raw.login_timeout_ms,
             max_unauthenticated,
             idle_timeout_ms: raw.idle_timeout_ms,
+            require_pin_pad: raw.require_pin_pad,
+            pin_pad_timeout_s: raw.pin_pad_timeout_s,
             backup: raw.backup,
             upload: raw.upload,
             operators,
@@ -633,6 +660,8 @@ impl Config {
             login_timeout_ms: login_timeout(),
             max_unauthenticated: max_unauth(),
             idle_timeout_ms: 0,
+            require_pin_pad: false,
+            pin_pad_timeout_s: pin_pad_timeout(),
             backup: BackupConfig {
                 schedule: "off".into(),
                 ..BackupConfig::default()
@@ -873,6 +902,20 @@ mod tests {
 
     #[test]
     fn custom_validation_names_its_line_and_key() {
+        let e = err("pin_pad_timeout_s = 200\n");
+        assert!(
+            e.starts_with("line 3, key pin_pad_timeout_s:") && e.contains("from 5 to 120"),
+            "{e}"
+        );
+        let c = Config::parse(&format!(
+            "{BASE}require_pin_pad = true\npin_pad_timeout_s = 45\n"
+        ))
+        .unwrap();
+        assert!(c.require_pin_pad);
+        assert_eq!(c.pin_pad_timeout_s, 45);
+        let c = Config::parse(BASE).unwrap();
+        assert!(!c.require_pin_pad);
+        assert_eq!(c.pin_pad_timeout_s, 30);
         let e = err("\n\nlogin_timeout_ms = 99\n");
         assert!(
             e.starts_with("line 5, key login_timeout_ms:") && e.contains("at least 100"),

@@ -4,6 +4,7 @@
 use serde_json::{json, Value};
 use sscard_driver::app::AppError;
 use sscard_driver::keyprovider::KeyError;
+use sscard_driver::status::PinEntry;
 use sscard_driver::TransportError;
 
 macro_rules! kinds {
@@ -207,6 +208,7 @@ pub fn from_driver<'a>(e: impl Into<DriverError<'a>>) -> ApiError {
                 E::kind(ErrorKind::CardNotSupported, t.to_string())
             }
             TransportError::Pcsc(_) => E::kind(ErrorKind::NoReader, t.to_string()),
+            TransportError::Unsupported(_) => E::kind(ErrorKind::NotSupported, t.to_string()),
             // removed, reset, mute, link lost: whatever was in flight may have happened
             _ => E::kind(ErrorKind::CardRemoved, t.to_string()),
         },
@@ -222,6 +224,15 @@ pub fn from_driver<'a>(e: impl Into<DriverError<'a>>) -> ApiError {
             )
             .with(json!({"tries_left": tries_left})),
             AppError::PinBlocked => E::kind(ErrorKind::PinBlocked, "the PIN is blocked"),
+            AppError::PinEntry(p) => E::kind(
+                match p {
+                    PinEntry::Timeout => ErrorKind::PinEntryTimeout,
+                    PinEntry::Cancelled => ErrorKind::PinEntryCancelled,
+                    PinEntry::Mismatch => ErrorKind::PinEntryMismatch,
+                    PinEntry::Length => ErrorKind::PinEntryLength,
+                },
+                a.to_string(),
+            ),
             AppError::NotGenuine | AppError::AuthFailed | AppError::MacMismatch(_) => {
                 E::kind(ErrorKind::NotGenuine, a.to_string())
             }
@@ -316,6 +327,18 @@ mod tests {
             Some(ErrorKind::PinWrong)
         );
         assert_eq!(k(AppError::PinBlocked), Some(ErrorKind::PinBlocked));
+        for (p, kind) in [
+            (PinEntry::Timeout, ErrorKind::PinEntryTimeout),
+            (PinEntry::Cancelled, ErrorKind::PinEntryCancelled),
+            (PinEntry::Mismatch, ErrorKind::PinEntryMismatch),
+            (PinEntry::Length, ErrorKind::PinEntryLength),
+        ] {
+            assert_eq!(k(AppError::PinEntry(p)), Some(kind));
+        }
+        assert_eq!(
+            k(AppError::Transport(TransportError::Unsupported("x".into()))),
+            Some(ErrorKind::NotSupported)
+        );
         assert_eq!(k(AppError::Blocked), Some(ErrorKind::CardBlocked));
         assert_eq!(k(AppError::NotGenuine), Some(ErrorKind::NotGenuine));
         assert_eq!(

@@ -33,6 +33,15 @@ pub enum Event {
         kind: crate::journal::PaymentKind,
         status: crate::journal::PaymentStatus,
     },
+    /// The holder is to type on the reader's PIN pad now (api.md 1.1).
+    PinPrompt {
+        reader: String,
+        purpose: sscard_driver::transport::pinpad::Purpose,
+    },
+    /// The PIN pad entry is over, whatever came of it.
+    PinDone {
+        reader: String,
+    },
 }
 
 impl Event {
@@ -53,6 +62,8 @@ impl Event {
             Event::CardInserted { .. } => "card.inserted",
             Event::CardRemoved { .. } => "card.removed",
             Event::PaymentSettled { .. } => "payment.settled",
+            Event::PinPrompt { .. } => "pin.prompt",
+            Event::PinDone { .. } => "pin.done",
         }
     }
 
@@ -60,8 +71,11 @@ impl Event {
     pub fn to_notification(&self) -> Value {
         let params = match self {
             Event::ReaderAdded { reader, backend } => json!({"reader": reader, "backend": backend}),
-            Event::ReaderRemoved { reader } | Event::CardRemoved { reader } => {
-                json!({"reader": reader})
+            Event::ReaderRemoved { reader }
+            | Event::CardRemoved { reader }
+            | Event::PinDone { reader } => json!({"reader": reader}),
+            Event::PinPrompt { reader, purpose } => {
+                json!({"reader": reader, "purpose": purpose.as_str()})
             }
             Event::CardInserted { reader, atr } => {
                 json!({"reader": reader, "atr": hex::encode_upper(atr)})
@@ -92,5 +106,17 @@ mod tests {
             json!({"jsonrpc": "2.0", "method": "card.inserted", "params": {"reader": "r", "atr": "3B6A"}})
         );
         assert!(n.get("id").is_none());
+        let n = Event::PinPrompt {
+            reader: "r".into(),
+            purpose: sscard_driver::transport::pinpad::Purpose::Change,
+        }
+        .to_notification();
+        assert_eq!(
+            n,
+            json!({"jsonrpc": "2.0", "method": "pin.prompt", "params": {"reader": "r", "purpose": "change"}})
+        );
+        let n = Event::PinDone { reader: "r".into() }.to_notification();
+        assert_eq!(n["method"], "pin.done");
+        assert_eq!(n["params"], json!({"reader": "r"}));
     }
 }

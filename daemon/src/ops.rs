@@ -32,6 +32,7 @@ use serde_json::{json, Value};
 use sscard_driver::app::{self, AppError, CardRecord, Pin, PolicyRecords, Recovery};
 use sscard_driver::crypto::{TXN_LOAD, TXN_PURCHASE};
 use sscard_driver::keys::KeyPurpose;
+use sscard_driver::transport::pinpad::Purpose;
 use sscard_driver::transport::{CardTransport, Transaction};
 use sscard_driver::{CardId, TerminalId};
 use std::sync::Arc;
@@ -301,8 +302,54 @@ pub fn prefetch(card: &mut Card<'_>, ctx: &Ctx, waiting: &Waiting) {
     }
 }
 
-/// `card.verify_pin`, `card.change_pin` (`new` given) and `card.balance` (`pin` None).
-pub fn pin_or_balance(card: &mut Card<'_>, pin: Option<&Pin>, new: Option<&Pin>) -> Seen<Value> {
+/// Where the holder's PIN comes from (api.md 1.1: on a reader with a PIN pad, `pin` is
+/// optional and without it the holder types on the pad).
+pub enum PinSource<T> {
+    /// Sent in the call.
+    Sent(T),
+    /// Typed on the pad of the named reader.
+    Pad { reader: String },
+}
+
+/// What `card.verify_pin`, `card.change_pin` and `card.balance` do.
+pub enum PinOp {
+    Verify(PinSource<Pin>),
+    /// The current PIN and the new one.
+    Change(PinSource<(Pin, Pin)>),
+    Balance,
+}
+
+/// Run a PIN entry on a reader's pad: `pin.prompt` before (the POS tells the holder to
+/// type), `pin.done` after, whatever came of it (api.md 1.1 events).
+fn on_pad<T>(
+    ctx: &Ctx,
+    reader: &str,
+    purpose: Purpose,
+    entry: impl FnOnce(u8) -> Result<T, AppError>,
+) -> Result<T, ApiError> {
+    let _ = ctx.events.send(Event::PinPrompt {
+        reader: reader.to_string(),
+        purpose,
+    });
+    let r = entry(ctx.config.pin_pad_timeout_s);
+    let _ = ctx.events.send(Event::PinDone {
+        reader: reader.to_string(),
+    });
+    r.map_err(drv)
+}
+
+/// VERIFY with the PIN sent, or typed on the pad.
+fn verify(tx: &mut Transaction<'_>, ctx: &Ctx, pin: &PinSource<Pin>) -> Result<(), ApiError> {
+    match pin {
+        PinSource::Sent(p) => app::verify_pin(tx, p).map_err(drv),
+        PinSource::Pad { reader } => on_pad(ctx, reader, Purpose::Verify, |t| {
+            app::verify_pin_on_pad(tx, t)
+        }),
+    }
+}
+
+/// `card.verify_pin`, `card.change_pin` and `card.balance`.
+pub fn pin_or_balance(card: &mut Card<'_>, ctx: &Ctx, op: PinOp) -> Seen<Value> {
     on_card(card, Source::Cached, |tx, k| {
         if k.rec().blocked {
             return Err(ApiError::kind(
@@ -310,14 +357,16 @@ pub fn pin_or_balance(card: &mut Card<'_>, pin: Option<&Pin>, new: Option<&Pin>)
                 "the application is blocked",
             ));
         }
-        match (pin, new) {
-            (Some(p), Some(n)) => app::change_pin(tx, p, n)
+        match &op {
+            PinOp::Change(PinSource::Sent((p, n))) => app::change_pin(tx, p, n)
                 .map(|_| json!({"changed": true}))
                 .map_err(drv),
-            (Some(p), None) => app::verify_pin(tx, p)
-                .map(|_| json!({"verified": true}))
-                .map_err(drv),
-            _ => app::balance(tx)
+            PinOp::Change(PinSource::Pad { reader }) => on_pad(ctx, reader, Purpose::Change, |t| {
+                app::change_pin_on_pad(tx, t)
+            })
+            .map(|_| json!({"changed": true})),
+            PinOp::Verify(pin) => verify(tx, ctx, pin).map(|_| json!({"verified": true})),
+            PinOp::Balance => app::balance(tx)
                 .map(|b| json!({"balance_fen": b}))
                 .map_err(drv),
         }
@@ -562,7 +611,7 @@ pub struct DebitRequest {
     /// The card the POS showed the holder (api.md 1.1 `card_id`).
     pub card_id: Option<CardId>,
     pub amount: u32,
-    pub pin: Pin,
+    pub pin: PinSource<Pin>,
     pub operator: String,
 }
 
@@ -668,7 +717,7 @@ fn debit_card(
     let rec = k.rec().clone();
     let rec = &rec;
     limits(ctx, st.spent, req.amount)?;
-    app::verify_pin(tx, &req.pin).map_err(|e| from_driver(&e))?;
+    verify(tx, ctx, &req.pin)?;
     let when = now();
     ctx.keys.with(&ctx.journal, |keys| {
         let prepared =
@@ -765,7 +814,7 @@ pub struct RefundRequest {
     /// The card the POS showed the holder (api.md 1.1 `card_id`).
     pub card_id: Option<CardId>,
     pub amount: u32,
-    pub pin: Pin,
+    pub pin: PinSource<Pin>,
     pub operator: String,
 }
 
@@ -818,7 +867,7 @@ fn refund_card(
         ));
     }
     authenticate(tx, ctx, k)?;
-    app::verify_pin(tx, &req.pin).map_err(|e| from_driver(&e))?;
+    verify(tx, ctx, &req.pin)?;
     let before = app::balance(tx).map_err(|e| from_driver(&e))?;
     // durable with the pending row below (it names the refund, and no card sees it)
     let seq = ctx.journal.reserve_seq().map_err(jerr)?;

@@ -768,3 +768,46 @@ async fn shutdown_lets_the_debit_in_flight_finish_and_closes_the_journal() {
     );
     assert!(verify_chain(&journal).unwrap() >= 2);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn without_a_pin_pad_the_pin_is_required_and_nothing_is_asked_of_the_card() {
+    let card = SharedCard::default_card();
+    let d = InProc::with_card(&card).await;
+    let mut c = d.login("cashier").await;
+    let l = c.call("reader.list", json!({})).await.unwrap();
+    assert_eq!(l[0]["pin_pad"], false, "{l}");
+    let before = card.balance();
+    for (method, params) in [
+        ("card.verify_pin", json!({})),
+        ("card.change_pin", json!({})),
+        (
+            "pay.debit",
+            json!({"order_id": "NOPIN-1", "amount_fen": 100}),
+        ),
+    ] {
+        let e = c.call(method, params).await.unwrap_err();
+        assert_eq!(e["code"], -32602, "{method}: {e}");
+        let m = e["message"].as_str().unwrap_or("");
+        assert!(
+            m.contains("required") && m.contains("no PIN pad"),
+            "{method}: {m}"
+        );
+    }
+    for half in [json!({"old_pin": "123456"}), json!({"new_pin": "654321"})] {
+        let e = c.call("card.change_pin", half).await.unwrap_err();
+        assert_eq!(e["code"], -32602, "{e}");
+    }
+    assert_eq!(card.balance(), before);
+    let e = c
+        .call("pay.query", json!({"order_id": "NOPIN-1"}))
+        .await
+        .unwrap_err();
+    assert_eq!(e["code"], -32602, "no payment row: {e}");
+    // the PIN still works as before, and a try was never used by the refusals
+    let ok = c
+        .call("card.verify_pin", json!({"pin": "123456"}))
+        .await
+        .unwrap();
+    assert_eq!(ok["verified"], true);
+    d.stop().await;
+}

@@ -28,7 +28,7 @@ use crate::config::Operator;
 use crate::error::{ApiError, ErrorKind};
 use crate::events::Event;
 use crate::journal::{JournalError, Payment};
-use crate::ops::{Ctx, Seen};
+use crate::ops::{Ctx, PinSource, Seen};
 use crate::readers::Card;
 use crate::session::{Role, Session};
 use crate::state::State;
@@ -435,6 +435,35 @@ async fn audit_entry(st: &State, who: &str, m: Method, note: &Note, outcome: &st
 /// Run a card operation on the reader the call names (or the only one with a card);
 /// the reader and the card number go into the call's audit note, and `ok` gives its
 /// outcome text on success.
+/// The PIN of a call (api.md 1.1): the one sent (`field` names it in errors), or, when
+/// none was sent and the reader has a PIN pad, the pad. With `require_pin_pad`, a PIN
+/// sent for a reader that has a pad is refused.
+pub fn pin_source<T>(
+    c: &Call<'_>,
+    reader: Option<&ReaderName>,
+    pin: Option<T>,
+    field: &str,
+) -> Result<PinSource<T>, ApiError> {
+    let picked = c.st.readers.pick(reader.map(|r| r.0.as_str()));
+    match (pin, picked) {
+        (Some(_), Ok(r)) if r.pin_pad && c.st.config().require_pin_pad => {
+            Err(ApiError::params(format!(
+                "{field}: reader {} has a PIN pad and require_pin_pad is set: send no PIN, \
+                 the holder types it on the pad",
+                r.name
+            )))
+        }
+        (Some(p), _) => Ok(PinSource::Sent(p)),
+        (None, Ok(r)) if r.pin_pad => Ok(PinSource::Pad { reader: r.name }),
+        (None, Ok(r)) => Err(ApiError::params(format!(
+            "{field}: required (reader {} has no PIN pad)",
+            r.name
+        ))),
+        // no reader to ask: its error, as the call would have got it
+        (None, Err(e)) => Err(e),
+    }
+}
+
 pub async fn on_card<T: Send + 'static>(
     c: &mut Call<'_>,
     reader: Option<&ReaderName>,

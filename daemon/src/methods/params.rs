@@ -306,7 +306,9 @@ pub struct ReaderParams {
 pub struct VerifyPinParams {
     #[serde(default)]
     pub reader: Option<ReaderName>,
-    pub pin: PinParam,
+    /// Optional on a reader with a PIN pad (api.md 1.1).
+    #[serde(default)]
+    pub pin: Option<PinParam>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -314,8 +316,11 @@ pub struct VerifyPinParams {
 pub struct ChangePinParams {
     #[serde(default)]
     pub reader: Option<ReaderName>,
-    pub old_pin: PinParam,
-    pub new_pin: PinParam,
+    /// Both, or neither on a reader with a PIN pad (api.md 1.1).
+    #[serde(default)]
+    pub old_pin: Option<PinParam>,
+    #[serde(default)]
+    pub new_pin: Option<PinParam>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -323,7 +328,9 @@ pub struct ChangePinParams {
 pub struct DebitParams {
     pub order_id: OrderId,
     pub amount_fen: Fen,
-    pub pin: PinParam,
+    /// Optional on a reader with a PIN pad (api.md 1.1).
+    #[serde(default)]
+    pub pin: Option<PinParam>,
     #[serde(default)]
     pub reader: Option<ReaderName>,
     #[serde(default)]
@@ -344,7 +351,9 @@ pub struct RefundParams {
     pub order_id: OrderId,
     #[serde(default)]
     pub amount_fen: Option<Fen>,
-    pub pin: PinParam,
+    /// Optional on a reader with a PIN pad (api.md 1.1).
+    #[serde(default)]
+    pub pin: Option<PinParam>,
     #[serde(default)]
     pub reader: Option<ReaderName>,
     #[serde(default)]
@@ -407,8 +416,9 @@ mod tests {
         assert!(e.starts_with("pin:") && !e.contains("123456"), "{e}");
         let e = err::<DebitParams>(r#"{"order_id":"A","amount_fen":1,"pin":"12ab56"}"#);
         assert!(e.starts_with("pin:") && !e.contains("12ab56"), "{e}");
-        let e = err::<DebitParams>(r#"{"order_id":"A","amount_fen":1}"#);
-        assert_eq!(e, "pin: required");
+        // without a pin: the reader decides (its pad, or "pin: required")
+        let ok: DebitParams = parse(Some(&raw(r#"{"order_id":"A","amount_fen":1}"#))).unwrap();
+        assert!(ok.pin.is_none());
         let e = err::<DebitParams>(r#"{"order_id":"A","amount_fen":1,"pin":"1234","x":1}"#);
         assert!(e.starts_with("x: unknown parameter"), "{e}");
         assert!(e.contains("order_id"), "{e}");

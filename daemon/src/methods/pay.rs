@@ -7,7 +7,7 @@
 //! payment as recorded, and `TRANSACTION_UNCERTAIN` for a pending one.
 
 use super::params::{DebitParams, QueryParams, RefundParams};
-use super::{ctx, on_card, Call};
+use super::{ctx, on_card, pin_source, Call};
 use crate::config::Operator;
 use crate::error::{ApiError, ErrorKind};
 use crate::journal::{Payment, PaymentKind, PaymentStatus};
@@ -83,6 +83,7 @@ pub async fn debit(c: &mut Call<'_>, p: DebitParams) -> Result<Value, ApiError> 
     let (order, amount) = (p.order_id.0, p.amount_fen.0);
     let reader = p.reader;
     let shown = p.card_id.map(|c| c.0);
+    let pin = pin_source(c, reader.as_ref(), p.pin.map(|p| p.0), "pin");
     if c.st
         .readers
         .pick(reader.as_ref().map(|r| r.0.as_str()))
@@ -108,7 +109,7 @@ pub async fn debit(c: &mut Call<'_>, p: DebitParams) -> Result<Value, ApiError> 
         order_id: order,
         card_id: shown,
         amount,
-        pin: p.pin.0,
+        pin: pin?,
         operator: op.name.clone(),
     };
     let paid = on_card(
@@ -194,11 +195,12 @@ pub async fn refund(c: &mut Call<'_>, p: RefundParams) -> Result<Value, ApiError
             original.amount_fen
         )));
     }
+    let pin = pin_source(c, p.reader.as_ref(), p.pin.map(|p| p.0), "pin")?;
     let req = RefundRequest {
         original,
         card_id: p.card_id.map(|c| c.0),
         amount,
-        pin: p.pin.0,
+        pin,
         operator: op.name.clone(),
     };
     let paid = on_card(

@@ -110,8 +110,8 @@ async fn burst_entry(st: &State, conn: &Connection, n: u32) {
         .await;
 }
 
-/// `reader.list`: `[{"name", "backend", "card_present", "atr"}]`, ATR in hex, and
-/// `slot` for a slot of a multi-slot (serial) reader (api.md 1.1).
+/// `reader.list`: `[{"name", "backend", "card_present", "atr", "pin_pad"}]`, ATR in
+/// hex, and `slot` for a slot of a multi-slot (serial) reader (api.md 1.1).
 pub async fn reader_list(c: &mut Call<'_>, _: NoParams) -> Result<Value, ApiError> {
     Ok(Value::Array(
         c.st.readers
@@ -119,7 +119,8 @@ pub async fn reader_list(c: &mut Call<'_>, _: NoParams) -> Result<Value, ApiErro
             .iter()
             .map(|r| {
                 let (present, atr) = r.presence();
-                let mut v = json!({"name": r.name, "backend": r.backend, "card_present": present, "atr": hex::encode_upper(atr)});
+                let mut v = json!({"name": r.name, "backend": r.backend, "card_present": present,
+                                   "atr": hex::encode_upper(atr), "pin_pad": r.pin_pad});
                 if let Some(s) = r.slot {
                     v["slot"] = json!(s);
                 }

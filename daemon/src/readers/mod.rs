@@ -74,6 +74,9 @@ pub struct ReaderHandle {
     pub backend: &'static str,
     /// The slot of a multi-slot (serial) reader.
     pub slot: Option<u8>,
+    /// The reader has a PIN pad (api.md 1.1): a call without `pin` has the holder type
+    /// on it.
+    pub pin_pad: bool,
     jobs: mpsc::UnboundedSender<Job>,
     tracked: Arc<Mutex<(bool, Vec<u8>)>>,
     live: Option<LivePresence>,
@@ -352,6 +355,7 @@ impl Readers {
                 connector,
                 live,
                 slot,
+                pin_pad,
             } => {
                 let (tx, rx) = mpsc::unbounded_channel();
                 let shared = Arc::new(Shared {
@@ -368,6 +372,7 @@ impl Readers {
                     name: name.clone(),
                     backend,
                     slot,
+                    pin_pad,
                     jobs: tx,
                     tracked: Arc::new(Mutex::new((false, Vec::new()))),
                     live,

@@ -83,7 +83,9 @@ impl ReaderSource for PcscSource {
         for e in events {
             match e {
                 ReaderEvent::ReaderAdded(name) if !self.ignored(&name) => {
+                    let pin_pad = ctx.reader_features(&name).pin_pad();
                     out.push(SourceEvent::ReaderAdded {
+                        pin_pad,
                         connector: Box::new(PcscConnector {
                             ctx: None,
                             name: name.clone(),

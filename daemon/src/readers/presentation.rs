@@ -17,6 +17,7 @@
 //!   reader sees a new presentation too.
 
 use sscard_driver::app::{CardRecord, PolicyRecords};
+use sscard_driver::transport::pinpad::PadRequest;
 use sscard_driver::transport::{
     Capabilities, CardStatus, CardTransport, RawTransaction, Transaction, TransportError,
 };
@@ -197,6 +198,18 @@ impl RawTransaction for Watched<'_> {
 
     fn new_presentation(&self) -> bool {
         self.raw.new_presentation()
+    }
+
+    fn pin_pad(&mut self, request: &PadRequest) -> Result<Vec<u8>, TransportError> {
+        if changes_records(&request.apdu) {
+            self.wrote.store(true, Ordering::Relaxed);
+        }
+        let r = self.raw.pin_pad(request);
+        // a reader without a pad sent nothing: the card is as it was
+        if matches!(r, Err(ref e) if !matches!(e, TransportError::Unsupported(_))) {
+            self.failed.store(true, Ordering::Relaxed);
+        }
+        r
     }
 }
 

@@ -149,6 +149,7 @@ impl Port {
                 }),
                 live: None,
                 slot: Some(slot),
+                pin_pad: r.model().pin_pad(),
             });
         }
     }

@@ -129,6 +129,7 @@ impl SimSource {
                         }),
                         live: Some(live),
                         slot: None,
+                        pin_pad: false,
                     });
                     if present {
                         ev.push(SourceEvent::CardInserted {

@@ -25,6 +25,8 @@ pub enum SourceEvent {
         live: Option<LivePresence>,
         /// The slot of a multi-slot reader (a serial reader's), for `reader.list`.
         slot: Option<u8>,
+        /// The reader has a PIN pad the holder types on (api.md 1.1 `pin_pad`).
+        pin_pad: bool,
     },
     ReaderRemoved(String),
     CardInserted {

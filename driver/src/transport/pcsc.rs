@@ -150,6 +150,24 @@ impl PcscContext {
         })
     }
 
+    /// The part 10 features of `reader`, card or no card: a direct connection
+    /// (`SCARD_SHARE_DIRECT`, no protocol) asks GET_FEATURE_REQUEST and is closed.
+    /// None when the reader refuses a direct connection.
+    pub fn reader_features(&self, reader: &str) -> Features {
+        let Ok(name) = CString::new(reader) else {
+            return Features::default();
+        };
+        match self
+            .with_ctx(|c| c.connect(&name, pcsc::ShareMode::Direct, pcsc::Protocols::UNDEFINED))
+        {
+            Ok(card) => features(&card),
+            Err(e) => {
+                tracing::debug!(reader, "no direct connection for its features: {e}");
+                Features::default()
+            }
+        }
+    }
+
     /// A monitor for reader and card events, on a PC/SC context of its own: pcsc-lite
     /// runs the calls of one context one at a time, so a monitor waiting on this
     /// context would hold up every connect and transmit on it until its wait timed out.
@@ -420,6 +438,11 @@ impl RawTransaction for PcscTransaction<'_> {
 }
 
 impl PcscCard {
+    /// The reader's part 10 features, as asked at connect.
+    pub fn features(&self) -> Features {
+        self.features
+    }
+
     /// The context this card was connected through.
     pub fn context(&self) -> &PcscContext {
         &self.ctx
