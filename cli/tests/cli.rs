@@ -41,6 +41,10 @@ fn reads_the_virtual_card_through_pcscd() {
         .find(|r| r["name"] == v.reader())
         .unwrap();
     assert_eq!(me["card_present"], true);
+    assert_eq!(
+        me["pin_pad"], false,
+        "a vpcd reader lists no part 10 feature"
+    );
 }
 
 #[test]
@@ -372,6 +376,31 @@ fn weeks_ago(weeks: u64) -> chrono::DateTime<chrono::Utc> {
 }
 
 #[test]
+fn readers_says_which_reader_has_a_pin_pad() {
+    use sscard_firmware_tests::testbed::SerialVcard;
+    let v = SerialVcard::start("GemPCPinPad", &[]);
+    let spec = format!("{}:GemPCPinPad", v.pty.display());
+    let (code, out, err) = sscard(&["--json", "readers", "--serial", &spec]);
+    assert_eq!(code, 0, "{err}");
+    let j: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let pad = j
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["backend"] == "serial")
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(pad["pin_pad"], true, "{out}");
+    let (code, out, _) = sscard(&["readers", "--serial", &spec]);
+    assert_eq!(code, 0);
+    assert!(
+        out.contains(&format!("GemPCPinPad {} 0\tcard ", v.pty.display()))
+            && out.contains("\tPIN pad"),
+        "{out}"
+    );
+}
+
+#[test]
 fn readers_lists_every_slot_of_a_serial_reader() {
     use sscard_firmware_tests::testbed::SerialVcard;
     let v = SerialVcard::start("GemCorePOSPro", &[]);
@@ -395,6 +424,7 @@ fn readers_lists_every_slot_of_a_serial_reader() {
     assert!(card["atr"].as_str().unwrap().starts_with("3B"), "{card}");
     assert!(serial[1..].iter().all(|r| r["card_present"] == false));
     assert!(!card["firmware"].as_str().unwrap().is_empty());
+    assert!(serial.iter().all(|r| r["pin_pad"] == false), "{out}");
     // the text form names each slot; a path with nothing behind it is no reader
     let (code, out, _) = sscard(&["readers", "--serial", &spec]);
     assert_eq!(code, 0);

@@ -1,5 +1,7 @@
 //! `sscard readers`: the PC/SC readers, and the serial readers named with `--serial`,
-//! whether a card is in each (every slot of a serial reader), and its ATR.
+//! whether a card is in each (every slot of a serial reader), its ATR, and whether the
+//! reader has a PIN pad (PC/SC part 10 `FEATURE_VERIFY_PIN_DIRECT`, or the serial
+//! model's).
 
 use crate::exit::CliError;
 use crate::print::Printer;
@@ -19,16 +21,17 @@ pub struct Args {
 }
 
 /// One line of the listing.
-fn entry(name: &str, backend: &str, present: bool, atr: &[u8]) -> (Value, String) {
+fn entry(name: &str, backend: &str, present: bool, atr: &[u8], pin_pad: bool) -> (Value, String) {
     let v = json!({"name": name, "backend": backend, "card_present": present,
-                   "atr": hex::encode_upper(atr)});
+                   "atr": hex::encode_upper(atr), "pin_pad": pin_pad});
     let t = format!(
-        "{name}\t{}",
+        "{name}\t{}{}",
         if present {
             format!("card {}", hex::encode_upper(atr))
         } else {
             "empty".into()
-        }
+        },
+        if pin_pad { "\tPIN pad" } else { "" }
     );
     (v, t)
 }
@@ -50,7 +53,7 @@ fn serial(spec: &str) -> Result<Vec<(Value, String)>, TransportError> {
         } else {
             p.atr
         };
-        let (mut v, t) = entry(&name, "serial", p.present, &atr);
+        let (mut v, t) = entry(&name, "serial", p.present, &atr, model.pin_pad());
         v["slot"] = json!(p.slot);
         v["firmware"] = json!(r.firmware());
         out.push((v, t));
@@ -62,13 +65,12 @@ pub fn run(a: Args, out: &Printer) -> Result<(), CliError> {
     let mut rows = Vec::new();
     let mut notes = Vec::new();
     // without pcscd the serial readers are still listed
-    let pcsc = PcscContext::establish().and_then(|ctx| ctx.reader_states());
+    let pcsc = PcscContext::establish().and_then(|ctx| Ok((ctx.reader_states()?, ctx)));
     match pcsc {
-        Ok(readers) => rows.extend(
-            readers
-                .iter()
-                .map(|r| entry(&r.name, "pcsc", r.card_present, &r.atr)),
-        ),
+        Ok((readers, ctx)) => rows.extend(readers.iter().map(|r| {
+            let pad = ctx.reader_features(&r.name).pin_pad();
+            entry(&r.name, "pcsc", r.card_present, &r.atr, pad)
+        })),
         Err(e) if a.serial.is_empty() => return Err(e.into()),
         Err(e) => notes.push(format!("PC/SC: {e}")),
     }
