@@ -15,6 +15,8 @@ use std::fmt;
 pub struct CliError {
     code: i32,
     message: String,
+    /// The command has already printed the failure (its `--json` output carries it).
+    reported: bool,
 }
 
 impl CliError {
@@ -22,7 +24,18 @@ impl CliError {
         CliError {
             code,
             message: message.into(),
+            reported: false,
         }
+    }
+    /// Exit with `code`; the command has printed why (as part of its `--json` answer).
+    pub fn reported(code: i32, message: impl Into<String>) -> Self {
+        CliError {
+            reported: true,
+            ..Self::new(code, message)
+        }
+    }
+    pub fn is_reported(&self) -> bool {
+        self.reported
     }
     pub fn usage(m: impl Into<String>) -> Self {
         Self::new(2, m)
@@ -35,6 +48,7 @@ impl CliError {
         CliError {
             code: self.code,
             message: format!("{what}: {}", self.message),
+            reported: self.reported,
         }
     }
     pub fn code(&self) -> i32 {

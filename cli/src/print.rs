@@ -46,6 +46,9 @@ impl Printer {
 
     /// Print an error on stderr (JSON on stdout with `--json`).
     pub fn error(&self, e: &CliError) {
+        if e.is_reported() && self.json {
+            return;
+        }
         if self.json {
             println!(
                 "{}",

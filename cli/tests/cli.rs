@@ -57,6 +57,35 @@ fn offline_commands_and_usage_errors() {
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("SSC-AES v1"), "{out}");
     assert_eq!(sscard(&["atr", "3C00"]).0, 1);
+    // malformed ATRs (real cards send them): decoded as far as they go, the fault named
+    let (code, out, err) = sscard(&["atr", "3B6A00005353432D41"]);
+    assert_eq!(code, 1);
+    assert!(out.contains("historical bytes: 53 53 43 2D 41"), "{out}");
+    assert!(
+        out.contains("historical bytes missing: T0 announces 10, 5 present"),
+        "{out}"
+    );
+    assert!(
+        err.contains("invalid ATR: historical bytes missing"),
+        "{err}"
+    );
+    let (code, out, _) = sscard(&["--json", "atr", "3B 80 01 00"]);
+    assert_eq!(code, 1);
+    let j: serde_json::Value = serde_json::from_str(&out).expect("one JSON document");
+    assert_eq!(j["valid"], false);
+    assert_eq!(j["protocols"], serde_json::json!(["T=1"]));
+    assert!(
+        j["problems"][0].as_str().unwrap().contains("wrong TCK: 00"),
+        "{j}"
+    );
+    assert_eq!(j["exit_code"], 1);
+    let (code, out, _) = sscard(&["--json", "atr", "3B6A00005353432D4145532076 31"]);
+    assert_eq!(code, 0);
+    let j: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        (j["valid"].clone(), j["problems"].clone()),
+        (true.into(), serde_json::json!([]))
+    );
 }
 
 #[test]

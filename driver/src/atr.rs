@@ -25,6 +25,121 @@ pub enum AtrError {
     TooLong(usize),
 }
 
+/// One thing wrong with an ATR, as [`Atr::analyse`] names it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum AtrProblem {
+    /// TS is neither `3B` nor `3F` (the rest is read as direct convention).
+    BadTs(u8),
+    /// More than the 33 bytes ISO 7816-3 allows.
+    TooLong(usize),
+    /// The ATR ends where T0 or a TDi announces a byte (`T0`, `TB2`…), at offset `at`.
+    Missing { byte: String, at: usize },
+    /// Fewer historical bytes than T0's K announces.
+    HistoricalMissing { announced: usize, present: usize },
+    /// A protocol other than T=0 is offered, so TCK must end the ATR, and it does not.
+    TckMissing,
+    /// TCK is not the XOR of T0 to the byte before it.
+    TckMismatch { expected: u8, got: u8 },
+    /// Bytes after the end; `looks_like_tck`: one byte after a T=0-only ATR that would
+    /// be its TCK (T=0 alone has none).
+    TrailingBytes {
+        bytes: Vec<u8>,
+        looks_like_tck: bool,
+    },
+}
+
+impl AtrProblem {
+    /// The [`AtrError`] of [`Atr::parse`] for this problem in an ATR of `len` bytes.
+    fn error(&self, len: usize) -> AtrError {
+        match self {
+            AtrProblem::BadTs(x) => AtrError::BadTs(*x),
+            AtrProblem::TooLong(n) => AtrError::TooLong(*n),
+            AtrProblem::Missing { at, .. } => AtrError::Truncated {
+                expected: at + 1,
+                got: len,
+            },
+            AtrProblem::HistoricalMissing { announced, present } => AtrError::Truncated {
+                expected: len + announced - present,
+                got: len,
+            },
+            AtrProblem::TckMissing => AtrError::Truncated {
+                expected: len + 1,
+                got: len,
+            },
+            AtrProblem::TckMismatch { expected, got } => AtrError::TckMismatch {
+                expected: *expected,
+                got: *got,
+            },
+            AtrProblem::TrailingBytes { bytes, .. } => AtrError::TrailingBytes(bytes.len()),
+        }
+    }
+}
+
+impl std::fmt::Display for AtrProblem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            AtrProblem::BadTs(x) => write!(
+                f,
+                "TS = {x:02X} is neither 3B (direct) nor 3F (inverse convention); read as direct"
+            ),
+            AtrProblem::TooLong(n) => write!(f, "{n} bytes: longer than the 33 ISO 7816-3 allows"),
+            AtrProblem::Missing { byte, at } => {
+                write!(f, "the ATR ends at byte {at}, where {byte} is announced")
+            }
+            AtrProblem::HistoricalMissing { announced, present } => write!(
+                f,
+                "historical bytes missing: T0 announces {announced}, {present} present"
+            ),
+            AtrProblem::TckMissing => f.write_str(
+                "TCK missing: a protocol other than T=0 is offered, so a check byte must end the ATR",
+            ),
+            AtrProblem::TckMismatch { expected, got } => {
+                write!(f, "wrong TCK: {got:02X}, the XOR of T0 onwards needs {expected:02X}")
+            }
+            AtrProblem::TrailingBytes { bytes, looks_like_tck } => {
+                write!(
+                    f,
+                    "{} byte(s) after the end: {}",
+                    bytes.len(),
+                    hex::encode_upper(bytes)
+                )?;
+                if *looks_like_tck {
+                    f.write_str(" (a TCK, though only T=0 is offered, which has none)")?;
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+/// An ATR read as far as it goes ([`Atr::analyse`]): what could be decoded, and what is
+/// wrong with it (nothing, for a valid ATR).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AtrAnalysis {
+    /// The bytes decoded (interface groups up to the first missing byte, the historical
+    /// bytes present, the byte read as TCK).
+    pub atr: Atr,
+    pub problems: Vec<AtrProblem>,
+}
+
+impl AtrAnalysis {
+    pub fn is_valid(&self) -> bool {
+        self.problems.is_empty()
+    }
+
+    /// The decode, then what is wrong.
+    pub fn describe(&self) -> String {
+        let mut s = self.atr.describe_as_read(self.problems.is_empty());
+        if !self.problems.is_empty() {
+            let _ = write!(s, "\nINVALID ATR:");
+            for p in &self.problems {
+                let _ = write!(s, "\n- {p}");
+            }
+        }
+        s
+    }
+}
+
 /// Transmission convention (TS).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Convention {
@@ -94,87 +209,132 @@ pub const DEFAULT_CLOCK_HZ: u32 = 3_571_200;
 
 impl Atr {
     /// Parse bytes received from the card (inverse-convention ATRs as delivered by
-    /// PC/SC readers, i.e. already converted, start with 3F).
+    /// PC/SC readers, i.e. already converted, start with 3F). The first thing wrong is
+    /// the error; [`Atr::analyse`] reads a malformed ATR as far as it goes.
     pub fn parse(b: &[u8]) -> Result<Atr, AtrError> {
+        let a = Atr::analyse(b)?;
+        match a.problems.first() {
+            None => Ok(a.atr),
+            Some(p) => Err(p.error(b.len())),
+        }
+    }
+
+    /// Read `b` as an ATR as far as it goes, as pcsc-tools' `ATR_analysis` does: every
+    /// byte that is there is decoded, and every thing wrong (ISO 7816-3 §8.2: TS, the
+    /// interface bytes T0 and TDi announce, the K historical bytes, TCK when a
+    /// protocol other than T=0 is offered, nothing after) is named. Real cards send
+    /// such ATRs, and the technician needs the decode most then. Only an empty ATR
+    /// cannot be read at all.
+    pub fn analyse(b: &[u8]) -> Result<AtrAnalysis, AtrError> {
         let ts = *b.first().ok_or(AtrError::Empty)?;
+        let mut problems = Vec::new();
         let convention = match ts {
             0x3B => Convention::Direct,
             0x3F => Convention::Inverse,
-            x => return Err(AtrError::BadTs(x)),
-        };
-        if b.len() > 33 {
-            return Err(AtrError::TooLong(b.len()));
-        }
-        let need = |n: usize| {
-            if b.len() < n {
-                Err(AtrError::Truncated {
-                    expected: n,
-                    got: b.len(),
-                })
-            } else {
-                Ok(())
+            x => {
+                problems.push(AtrProblem::BadTs(x));
+                Convention::Direct
             }
         };
-        need(2)?;
-        let t0 = b[1];
+        if b.len() > 33 {
+            problems.push(AtrProblem::TooLong(b.len()));
+        }
+        let mut atr = Atr {
+            raw: b.to_vec(),
+            convention,
+            t0: 0,
+            groups: Vec::new(),
+            historical: Vec::new(),
+            tck: None,
+        };
+        let Some(&t0) = b.get(1) else {
+            problems.push(AtrProblem::Missing {
+                byte: "T0".into(),
+                at: 1,
+            });
+            return Ok(AtrAnalysis { atr, problems });
+        };
+        atr.t0 = t0;
         let mut i = 2;
-        let mut groups = Vec::new();
         let mut y = t0 >> 4;
         let mut offers_not_t0 = false;
-        loop {
+        'groups: loop {
             let mut g = InterfaceGroup::default();
-            for (bit, slot) in [
-                (1u8, &mut g.ta),
-                (2, &mut g.tb),
-                (4, &mut g.tc),
-                (8, &mut g.td),
+            let n = atr.groups.len() + 1;
+            let mut missing = None;
+            for (bit, slot, name) in [
+                (1u8, &mut g.ta, 'A'),
+                (2, &mut g.tb, 'B'),
+                (4, &mut g.tc, 'C'),
+                (8, &mut g.td, 'D'),
             ] {
                 if y & bit != 0 {
-                    need(i + 1)?;
-                    *slot = Some(b[i]);
+                    let Some(&v) = b.get(i) else {
+                        missing = Some(format!("T{name}{n}"));
+                        break;
+                    };
+                    *slot = Some(v);
                     i += 1;
                 }
             }
-            if let Some(td) = g.td {
-                if td & 0x0F != 0 {
-                    offers_not_t0 = true;
-                }
+            if let Some(byte) = missing {
+                atr.groups.push(g);
+                problems.push(AtrProblem::Missing { byte, at: i });
+                break 'groups;
             }
-            groups.push(g);
+            if g.td.is_some_and(|td| td & 0x0F != 0) {
+                offers_not_t0 = true;
+            }
+            atr.groups.push(g);
             match g.td {
                 Some(td) => y = td >> 4,
                 None => break,
             }
         }
-        let k = (t0 & 0x0F) as usize;
-        need(i + k)?;
-        let historical = b[i..i + k].to_vec();
-        i += k;
-        let tck = if offers_not_t0 {
-            need(i + 1)?;
-            let expected = b[1..i].iter().fold(0u8, |a, v| a ^ v);
-            if expected != b[i] {
-                return Err(AtrError::TckMismatch {
-                    expected,
-                    got: b[i],
-                });
-            }
-            i += 1;
-            Some(b[i - 1])
-        } else {
-            None
-        };
-        if b.len() > i {
-            return Err(AtrError::TrailingBytes(b.len() - i));
+        if problems
+            .iter()
+            .any(|p| matches!(p, AtrProblem::Missing { .. }))
+        {
+            return Ok(AtrAnalysis { atr, problems });
         }
-        Ok(Atr {
-            raw: b.to_vec(),
-            convention,
-            t0,
-            groups,
-            historical,
-            tck,
-        })
+        let k = usize::from(t0 & 0x0F);
+        let rest = b.get(i..).unwrap_or(&[]);
+        let hist = rest.len().min(k);
+        atr.historical = rest[..hist].to_vec();
+        if hist < k {
+            problems.push(AtrProblem::HistoricalMissing {
+                announced: k,
+                present: hist,
+            });
+        }
+        let after = &rest[hist..];
+        let trailing = if offers_not_t0 {
+            match after.split_first() {
+                None => {
+                    problems.push(AtrProblem::TckMissing);
+                    &[][..]
+                }
+                Some((&got, more)) => {
+                    let expected = b[1..i + hist].iter().fold(0u8, |a, v| a ^ v);
+                    atr.tck = Some(got);
+                    if expected != got {
+                        problems.push(AtrProblem::TckMismatch { expected, got });
+                    }
+                    more
+                }
+            }
+        } else {
+            after
+        };
+        if !trailing.is_empty() {
+            let xor = b[1..b.len() - 1].iter().fold(0u8, |a, v| a ^ v);
+            problems.push(AtrProblem::TrailingBytes {
+                bytes: trailing.to_vec(),
+                // one byte after a T=0-only ATR that checks as a TCK would
+                looks_like_tck: !offers_not_t0 && trailing.len() == 1 && xor == trailing[0],
+            });
+        }
+        Ok(AtrAnalysis { atr, problems })
     }
 
     pub fn as_bytes(&self) -> &[u8] {
@@ -284,6 +444,11 @@ impl Atr {
 
     /// A multi-line description for a technician.
     pub fn describe(&self) -> String {
+        self.describe_as_read(true)
+    }
+
+    /// The description; of a valid ATR (`valid`), or of the part of one that was read.
+    fn describe_as_read(&self, valid: bool) -> String {
         let mut s = String::new();
         let hexs = self
             .raw
@@ -292,15 +457,19 @@ impl Atr {
             .collect::<Vec<_>>()
             .join(" ");
         let _ = writeln!(s, "ATR: {hexs}");
+        let ts = self.raw.first().copied().unwrap_or(0);
         let _ = writeln!(
             s,
-            "TS = {:02X}: {} convention",
-            self.raw[0],
-            match self.convention {
-                Convention::Direct => "direct",
-                Convention::Inverse => "inverse",
+            "TS = {ts:02X}: {}",
+            match ts {
+                0x3B => "direct convention",
+                0x3F => "inverse convention",
+                _ => "undefined",
             }
         );
+        if self.raw.len() < 2 {
+            return s.trim_end().to_string();
+        }
         let _ = writeln!(
             s,
             "T0 = {:02X}: Y1 = {:04b}, K = {} historical bytes",
@@ -380,13 +549,17 @@ impl Atr {
                 .collect::<Vec<_>>()
                 .join(" ")
         );
-        match self.tck {
-            Some(t) => {
+        match (self.tck, valid) {
+            (Some(t), true) => {
                 let _ = writeln!(s, "TCK = {t:02X} (correct)");
             }
-            None => {
+            (Some(t), false) => {
+                let _ = writeln!(s, "TCK = {t:02X}");
+            }
+            (None, true) => {
                 let _ = writeln!(s, "no TCK (T=0 only)");
             }
+            (None, false) => {}
         }
         let protos: Vec<String> = self
             .protocol_numbers()
@@ -502,5 +675,84 @@ mod tests {
             Atr::parse(&h("3F 00")).unwrap().convention,
             Convention::Inverse
         );
+    }
+
+    fn problems(hexs: &str) -> Vec<AtrProblem> {
+        Atr::analyse(&h(hexs)).unwrap().problems
+    }
+
+    #[test]
+    fn a_malformed_atr_is_read_as_far_as_it_goes() {
+        // historical bytes cut short: what is there is still decoded
+        let a = Atr::analyse(&h("3B 6A 00 00 53 53 43")).unwrap();
+        assert_eq!(
+            a.problems,
+            [AtrProblem::HistoricalMissing {
+                announced: 10,
+                present: 3
+            }]
+        );
+        assert_eq!(a.atr.historical, b"SSC");
+        let d = a.describe();
+        assert!(d.contains("TA1 = 00") || d.contains("T0 = 6A"), "{d}");
+        assert!(
+            d.contains("INVALID ATR:\n- historical bytes missing: T0 announces 10, 3 present"),
+            "{d}"
+        );
+        // T=1 offered and no TCK
+        assert_eq!(problems("3B 80 01"), [AtrProblem::TckMissing]);
+        // a wrong TCK
+        assert_eq!(
+            problems("3B 80 01 00"),
+            [AtrProblem::TckMismatch {
+                expected: 0x81,
+                got: 0x00
+            }]
+        );
+        // an interface byte announced and not there
+        assert_eq!(
+            problems("3B F0 11 22"),
+            [AtrProblem::Missing {
+                byte: "TC1".into(),
+                at: 4
+            }]
+        );
+        // bytes after the end; one that checks as a TCK of a T=0-only ATR says so
+        assert_eq!(
+            problems("3B 01 41 40"),
+            [AtrProblem::TrailingBytes {
+                bytes: vec![0x40],
+                looks_like_tck: true
+            }]
+        );
+        assert_eq!(
+            problems("3B 00 12 34"),
+            [AtrProblem::TrailingBytes {
+                bytes: vec![0x12, 0x34],
+                looks_like_tck: false
+            }]
+        );
+        // TS undefined: named, and the rest still decoded
+        let a = Atr::analyse(&h("3C 00")).unwrap();
+        assert_eq!(a.problems, [AtrProblem::BadTs(0x3C)]);
+        assert!(a.describe().contains("TS = 3C: undefined"));
+        assert_eq!(Atr::analyse(&h("3B")).unwrap().problems.len(), 1);
+        assert_eq!(Atr::analyse(&[]), Err(AtrError::Empty));
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn analyse_never_panics_and_agrees_with_parse(b in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..40)) {
+            match Atr::analyse(&b) {
+                Err(e) => proptest::prop_assert_eq!(e, AtrError::Empty),
+                Ok(a) => {
+                    let _ = a.describe();
+                    proptest::prop_assert_eq!(Atr::parse(&b).is_ok(), a.is_valid());
+                    if a.is_valid() {
+                        proptest::prop_assert_eq!(Atr::parse(&b).ok(), Some(a.atr));
+                    }
+                }
+            }
+        }
     }
 }

@@ -1,4 +1,6 @@
-//! `sscard atr`: parse and explain an ATR, from a card in a reader or given in hex.
+//! `sscard atr`: parse and explain an ATR, from a card in a reader or given in hex. A
+//! malformed ATR is decoded as far as it goes and what is wrong is named
+//! ([`Atr::analyse`], as pcsc-tools' `ATR_analysis`); the exit code is then 1.
 
 use crate::exit::CliError;
 use crate::print::Printer;
@@ -20,21 +22,38 @@ pub fn run(a: Args, out: &Printer) -> Result<(), CliError> {
             .map_err(|_| CliError::usage(format!("not hex: {h:?}")))?,
         None => super::connect(a.reader.as_deref())?.status()?.atr,
     };
-    let atr = Atr::parse(&bytes).map_err(|e| CliError::failed(format!("invalid ATR: {e}")))?;
+    let analysis =
+        Atr::analyse(&bytes).map_err(|e| CliError::failed(format!("invalid ATR: {e}")))?;
+    let atr = &analysis.atr;
     let protocols: Vec<String> = atr
         .protocol_numbers()
         .iter()
         .map(|t| format!("T={t}"))
         .collect();
-    out.value(
-        &serde_json::json!({
-            "atr": hex::encode_upper(&bytes),
-            "protocols": protocols,
-            "fi": atr.fi(), "di": atr.di(),
-            "baud_rate": atr.baud_rate(sscard_driver::atr::DEFAULT_CLOCK_HZ),
-            "historical": hex::encode_upper(&atr.historical),
-        }),
-        &atr.describe(),
+    let problems: Vec<String> = analysis.problems.iter().map(|p| p.to_string()).collect();
+    let mut v = serde_json::json!({
+        "atr": hex::encode_upper(&bytes),
+        "valid": analysis.is_valid(),
+        "protocols": protocols,
+        "fi": atr.fi(), "di": atr.di(),
+        "baud_rate": atr.baud_rate(sscard_driver::atr::DEFAULT_CLOCK_HZ),
+        "historical": hex::encode_upper(&atr.historical),
+        "problems": problems,
+    });
+    if analysis.is_valid() {
+        out.value(&v, &analysis.describe());
+        return Ok(());
+    }
+    let why = format!(
+        "invalid ATR: {}",
+        problems.first().map_or("malformed", String::as_str)
     );
-    Ok(())
+    if out.is_json() {
+        v["error"] = why.clone().into();
+        v["exit_code"] = 1.into();
+        out.value(&v, "");
+        return Err(CliError::reported(1, why));
+    }
+    out.value(&v, &analysis.describe());
+    Err(CliError::failed(why))
 }
