@@ -38,6 +38,11 @@ enum Command {
     Read(cmd::read::Args),
     /// Explain a status word (SW1-SW2), e.g. `sscard sw 63C2`.
     Sw(cmd::sw::Args),
+    /// Send raw command APDUs (T=0 rules applied, status words explained; PINs
+    /// redacted), e.g. `sscard apdu 00A404000F7378312E73682EC9E7BBE1B1A3D5CF 00B2010000`.
+    Apdu(cmd::apdu::ApduArgs),
+    /// Run a script of APDUs with the status words expected; stops at the first mismatch.
+    Script(cmd::apdu::ScriptArgs),
     /// Audit log: verify the daemon journal's hash chain.
     Audit(cmd::audit::Args),
     /// Back up the daemon's journal now (online; the daemon may be running).
@@ -60,6 +65,8 @@ fn main() {
         Command::Atr(a) => cmd::atr::run(a, &out),
         Command::Read(a) => cmd::read::run(a, &out),
         Command::Sw(a) => cmd::sw::run(a, &out),
+        Command::Apdu(a) => cmd::apdu::run_apdu(a, &out),
+        Command::Script(a) => cmd::apdu::run_script(a, &out),
         Command::Audit(a) => cmd::audit::run(a, &out),
         Command::Backup(a) => cmd::backup::run(a, &out),
         Command::Keystore(a) => cmd::keystore::run(a, &out),

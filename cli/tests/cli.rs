@@ -466,3 +466,84 @@ fn readers_lists_every_slot_of_a_serial_reader() {
     assert_eq!(code, 3, "{err}");
     assert!(err.contains("serial reader /dev/nonexistent-tty"), "{err}");
 }
+
+const SELECT_SSC: &str = "00A404000F7378312E73682EC9E7BBE1B1A3D5CF";
+
+#[test]
+fn apdus_and_scripts_through_pcscd_with_pins_redacted() {
+    let v = Vcard::start(&["--t0"]);
+    // case 4 on a T=0 card: GET RESPONSE is the tool's business, not the technician's
+    let (code, out, err) = sscard(&[
+        "apdu",
+        "--reader",
+        v.reader(),
+        SELECT_SSC,
+        "00A4020002EF05",
+        "00B2010000",
+        "0020000003654321",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("< 9000 (ok)") || out.contains("9000 (ok)"),
+        "{out}"
+    );
+    assert!(out.contains("63C2 (wrong PIN), 2 tries left"), "{out}");
+    assert!(out.contains("00200000 <PIN redacted, 3 bytes>"), "{out}");
+    assert!(!out.contains("654321"), "{out}");
+    let (code, out, _) = sscard(&["--json", "apdu", "--reader", v.reader(), SELECT_SSC]);
+    assert_eq!(code, 0);
+    let j: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(j[0]["sw"], "9000");
+
+    let dir = tempfile::tempdir().unwrap();
+    let script = dir.path().join("check.apdu");
+    std::fs::write(
+        &script,
+        format!(
+            "# the default card\n{SELECT_SSC} = 9000\n00A4 0200 02 EF05 = 9000\n\
+             0020 0000 00 = 63CX  # tries left, no try used\n\
+             00B2 3000 00 = 9000  # no such record\n00B2010000 = 9000\n"
+        ),
+    )
+    .unwrap();
+    let path = script.to_str().unwrap();
+    let (code, out, err) = sscard(&["script", "--reader", v.reader(), path]);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        err.contains(&format!(
+            "{path} line 5: expected 9000, the card answered 6A83"
+        )),
+        "{err}"
+    );
+    assert!(out.contains("4 of 5 commands sent; stopped"), "{out}");
+    let (code, out, _) = sscard(&["--json", "script", "--reader", v.reader(), path]);
+    assert_eq!(code, 1);
+    let j: serde_json::Value = serde_json::from_str(&out).expect("one JSON document");
+    assert_eq!(j["complete"], false);
+    assert_eq!(j["steps"].as_array().map(Vec::len), Some(4));
+    assert_eq!(j["steps"][3]["line"], 5);
+    std::fs::write(&script, "00ZZ\n").unwrap();
+    let (code, _, err) = sscard(&["script", "--reader", v.reader(), path]);
+    assert_eq!(code, 2);
+    assert!(err.contains("line 1: not hex"), "{err}");
+}
+
+#[test]
+fn apdus_through_a_serial_reader() {
+    use sscard_firmware_tests::testbed::SerialVcard;
+    let v = SerialVcard::start("GemPCTwin", &[]);
+    let spec = format!("{}:GemPCTwin", v.pty.display());
+    let (code, out, err) = sscard(&[
+        "apdu",
+        "--serial",
+        &spec,
+        SELECT_SSC,
+        "00A4020002EF05",
+        "00B2010000",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out.matches("9000 (ok)").count(), 3, "{out}");
+    let (code, _, err) = sscard(&["apdu", "--serial", &spec, "--slot", "3", SELECT_SSC]);
+    assert_ne!(code, 0);
+    assert!(err.contains("slot 3"), "{err}");
+}
