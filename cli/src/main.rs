@@ -36,6 +36,9 @@ enum Command {
     Atr(cmd::atr::Args),
     /// Read the card's records (card, holder, insurance).
     Read(cmd::read::Args),
+    /// Everything about the card: records, state, PIN tries left (no try used),
+    /// balance, last transactions, genuine (with keys).
+    Info(cmd::info::Args),
     /// Explain a status word (SW1-SW2), e.g. `sscard sw 63C2`.
     Sw(cmd::sw::Args),
     /// Send raw command APDUs (T=0 rules applied, status words explained; PINs
@@ -64,6 +67,7 @@ fn main() {
         Command::Readers(a) => cmd::readers::run(a, &out),
         Command::Atr(a) => cmd::atr::run(a, &out),
         Command::Read(a) => cmd::read::run(a, &out),
+        Command::Info(a) => cmd::info::run(a, &out),
         Command::Sw(a) => cmd::sw::run(a, &out),
         Command::Apdu(a) => cmd::apdu::run_apdu(a, &out),
         Command::Script(a) => cmd::apdu::run_script(a, &out),

@@ -547,3 +547,36 @@ fn apdus_through_a_serial_reader() {
     assert_ne!(code, 0);
     assert!(err.contains("slot 3"), "{err}");
 }
+
+#[test]
+fn info_tells_records_state_tries_balance_log_and_genuineness() {
+    let v = Vcard::start(&[]);
+    let (code, out, err) = sscard(&["info", "--reader", v.reader()]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("张三"), "{out}");
+    assert!(
+        out.contains("PIN tries left  3") || out.contains("PIN tries left"),
+        "{out}"
+    );
+    assert!(out.contains("not checked (no keys"), "{out}");
+    // a wrong PIN, then: one try fewer, and asking used none
+    let (code, _, _) = sscard(&[
+        "apdu",
+        "--reader",
+        v.reader(),
+        SELECT_SSC,
+        "0020000003999999",
+    ]);
+    assert_eq!(code, 0);
+    for _ in 0..2 {
+        let (code, out, err) = sscard(&["--json", "info", "--reader", v.reader(), "--test-keys"]);
+        assert_eq!(code, 0, "{err}");
+        let j: serde_json::Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(j["pin_tries_left"], 2, "{j}");
+        assert_eq!(j["genuine"], true, "{j}");
+        assert_eq!(j["state"], "issued");
+        assert_eq!(j["balance_fen"], 100000);
+        assert!(j["log"].is_array(), "{j}");
+        assert_eq!(j["card_number"], "A65020001");
+    }
+}

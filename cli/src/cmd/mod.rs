@@ -3,6 +3,7 @@ pub mod apdu;
 pub mod atr;
 pub mod audit;
 pub mod backup;
+pub mod info;
 pub mod keystore;
 pub mod personalize;
 pub mod read;
