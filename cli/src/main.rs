@@ -32,6 +32,8 @@ struct Cli {
 enum Command {
     /// List PC/SC readers, with card presence and ATR.
     Readers(cmd::readers::Args),
+    /// Live reader and card events, one line each (`--json`: JSON lines).
+    Watch(cmd::watch::Args),
     /// Explain an ATR (of the card in a reader, or given in hex).
     Atr(cmd::atr::Args),
     /// Read the card's records (card, holder, insurance).
@@ -66,6 +68,7 @@ fn main() {
     let result = match cli.command {
         Command::Readers(a) => cmd::readers::run(a, &out),
         Command::Atr(a) => cmd::atr::run(a, &out),
+        Command::Watch(a) => cmd::watch::run(a, &out),
         Command::Read(a) => cmd::read::run(a, &out),
         Command::Info(a) => cmd::info::run(a, &out),
         Command::Sw(a) => cmd::sw::run(a, &out),

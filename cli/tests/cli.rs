@@ -580,3 +580,87 @@ fn info_tells_records_state_tries_balance_log_and_genuineness() {
         assert_eq!(j["card_number"], "A65020001");
     }
 }
+
+/// `sscard --json watch ARGS` running; its lines as they come.
+struct Watch {
+    child: std::process::Child,
+    lines: std::sync::mpsc::Receiver<serde_json::Value>,
+}
+
+impl Watch {
+    fn start(args: &[&str]) -> Watch {
+        use std::io::BufRead;
+        let mut child = Command::new(bin_path("sscard"))
+            .args(["--json", "watch"])
+            .args(args)
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("run sscard watch");
+        let out = child.stdout.take().expect("stdout");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for l in std::io::BufReader::new(out).lines().map_while(Result::ok) {
+                if let Ok(v) = serde_json::from_str(&l) {
+                    if tx.send(v).is_err() {
+                        break;
+                    }
+                }
+            }
+        });
+        Watch { child, lines: rx }
+    }
+
+    /// The next event on `reader` (other tests' readers come and go too).
+    fn next_on(&self, reader: &str) -> serde_json::Value {
+        let until = std::time::Instant::now() + std::time::Duration::from_secs(15);
+        loop {
+            let left = until.saturating_duration_since(std::time::Instant::now());
+            let v = self
+                .lines
+                .recv_timeout(left)
+                .unwrap_or_else(|_| panic!("no event on {reader}"));
+            if v["reader"] == reader {
+                return v;
+            }
+        }
+    }
+}
+
+impl Drop for Watch {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn watch_reports_cards_coming_and_going_on_pcsc_and_serial_readers() {
+    use sscard_firmware_tests::testbed::SerialVcard;
+    let s = SerialVcard::start("GemPCTwin", &[]);
+    let spec = format!("{}:GemPCTwin", s.pty.display());
+    let serial_name = format!("GemPCTwin {} 0", s.pty.display());
+    let w = Watch::start(&["--serial", &spec]);
+    // the state at start: the serial reader and its card
+    assert_eq!(w.next_on(&serial_name)["event"], "reader.added");
+    assert_eq!(w.next_on(&serial_name)["event"], "card.inserted");
+    s.signal("USR1");
+    assert_eq!(w.next_on(&serial_name)["event"], "card.removed");
+    s.signal("USR2");
+    assert_eq!(w.next_on(&serial_name)["event"], "card.inserted");
+    // a card into a PC/SC reader, and out
+    let v = Vcard::start(&[]);
+    let reader = v.reader().to_string();
+    let e = w.next_on(&reader);
+    assert_eq!(e["event"], "card.inserted", "{e}");
+    assert!(e["atr"].as_str().unwrap_or("").starts_with("3B"), "{e}");
+    assert!(e["time"].is_string());
+    drop(v);
+    assert_eq!(w.next_on(&reader)["event"], "card.removed");
+    // the serial port closed: its reader goes
+    drop(s);
+    let e = w.next_on(&serial_name);
+    assert!(
+        e["event"] == "card.removed" || e["event"] == "reader.removed",
+        "{e}"
+    );
+}

@@ -9,6 +9,7 @@ pub mod personalize;
 pub mod read;
 pub mod readers;
 pub mod sw;
+pub mod watch;
 
 use crate::exit::CliError;
 use sscard_driver::transport::pcsc::{PcscCard, PcscContext, ShareMode};
