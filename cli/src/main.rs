@@ -41,6 +41,11 @@ enum Command {
     /// Everything about the card: records, state, PIN tries left (no try used),
     /// balance, last transactions, genuine (with keys).
     Info(cmd::info::Args),
+    /// The holder's PIN: verify, change; reload (the office, with the PIN key). PINs
+    /// come from the reader's pad, the terminal (no echo) or --pin-stdin, never from
+    /// the command line.
+    #[command(subcommand)]
+    Pin(cmd::pin::PinCommand),
     /// Explain a status word (SW1-SW2), e.g. `sscard sw 63C2`.
     Sw(cmd::sw::Args),
     /// Send raw command APDUs (T=0 rules applied, status words explained; PINs
@@ -72,6 +77,7 @@ fn main() {
         Command::Read(a) => cmd::read::run(a, &out),
         Command::Info(a) => cmd::info::run(a, &out),
         Command::Sw(a) => cmd::sw::run(a, &out),
+        Command::Pin(c) => cmd::pin::run(c, &out),
         Command::Apdu(a) => cmd::apdu::run_apdu(a, &out),
         Command::Script(a) => cmd::apdu::run_script(a, &out),
         Command::Audit(a) => cmd::audit::run(a, &out),

@@ -664,3 +664,69 @@ fn watch_reports_cards_coming_and_going_on_pcsc_and_serial_readers() {
         "{e}"
     );
 }
+
+/// `sscard ARGS` with `stdin` on its standard input.
+fn sscard_in(args: &[&str], stdin: &str) -> (i32, String, String) {
+    use std::io::Write;
+    let mut c = Command::new(bin_path("sscard"))
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run sscard");
+    if let Some(mut i) = c.stdin.take() {
+        let _ = i.write_all(stdin.as_bytes());
+    }
+    let o = c.wait_with_output().expect("sscard");
+    (
+        o.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&o.stdout).into_owned(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn pin_verify_change_and_the_offices_reload() {
+    let v = Vcard::start(&[]);
+    let r = v.reader();
+    let pin = |sub: &str, input: &str, extra: &[&str]| {
+        let mut args = vec!["pin", sub, "--reader", r, "--pin-stdin"];
+        args.extend_from_slice(extra);
+        sscard_in(&args, input)
+    };
+    let (code, out, err) = pin("verify", "123456\n", &[]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("PIN verified"), "{out}");
+    let (code, _, err) = pin("verify", "999999\n", &[]);
+    assert_eq!(code, 4, "a wrong PIN is a security failure: {err}");
+    assert!(err.contains("2 tries left"), "{err}");
+    // PINs never come from the command line, and a PIN that is no PIN is refused
+    let (code, _, _) = sscard(&["pin", "verify", "--reader", r, "123456"]);
+    assert_eq!(code, 2);
+    let (code, _, err) = pin("verify", "12ab\n", &[]);
+    assert_eq!(code, 2);
+    assert!(!err.contains("12ab"), "{err}");
+    // change: current, new, new again; then the new one works
+    let (code, _, err) = pin("change", "123456\n2468\n2469\n", &[]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("differ"), "{err}");
+    let (code, out, err) = pin("change", "123456\n2468\n2468\n", &[]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("PIN changed"));
+    assert_eq!(pin("verify", "2468\n", &[]).0, 0);
+    // blocked by three wrong tries, then reloaded by the office with the PIN key
+    for _ in 0..3 {
+        pin("verify", "0000\n", &[]);
+    }
+    let (code, _, err) = pin("verify", "2468\n", &[]);
+    assert_eq!(code, 4);
+    assert!(err.contains("blocked"), "{err}");
+    let (code, _, err) = pin("reload", "8642\n8642\n", &[]);
+    assert_eq!(code, 2, "no keys: {err}");
+    let (code, out, err) = pin("reload", "8642\n8642\n", &["--test-keys"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("PIN reloaded"), "{out}");
+    let (code, out, _) = pin("verify", "8642\n", &[]);
+    assert_eq!(code, 0, "{out}");
+}

@@ -6,6 +6,7 @@ pub mod backup;
 pub mod info;
 pub mod keystore;
 pub mod personalize;
+pub mod pin;
 pub mod read;
 pub mod readers;
 pub mod sw;

@@ -1,0 +1,197 @@
+//! `sscard pin verify|change|reload`: the holder's PIN at the counter (card profile §5).
+//!
+//! A PIN never comes from the command line. It is typed on the reader's PIN pad where
+//! the reader has one (PC/SC part 10 or a serial GemPC PinPad: it never reaches this
+//! program), else read from the terminal without echo, or, with `--pin-stdin`, from
+//! standard input, one PIN a line (verify: the PIN; change: the current PIN, the new one
+//! and the new one again; reload: the new one and again). RELOAD PIN is the issuing
+//! office's: it resets a forgotten or blocked PIN with the PIN key (`--keystore` with
+//! the PIN purpose, or `--test-keys` for emulated cards).
+
+use crate::exit::CliError;
+use crate::print::Printer;
+use serde_json::json;
+use sscard_driver::app::{self, AppError, Pin};
+use sscard_driver::keyprovider::keystore::{Keystore, KeystoreSecret};
+use sscard_driver::keyprovider::{KeyProvider, MemorySequence, SoftwareKeys};
+use sscard_driver::keys::KeyPurpose;
+use sscard_driver::transport::Transaction;
+use sscard_driver::TerminalId;
+use std::io::BufRead;
+use std::path::PathBuf;
+use zeroize::Zeroizing;
+
+#[derive(clap::Subcommand)]
+pub enum PinCommand {
+    /// The holder proves the PIN (VERIFY); a wrong one says the tries left.
+    Verify(PinArgs),
+    /// The holder changes the PIN (CHANGE PIN: current, then new twice).
+    Change(PinArgs),
+    /// The office sets a new PIN on a card whose PIN is forgotten or blocked (RELOAD
+    /// PIN, MAC with the PIN key); the tries are back to 3.
+    Reload(ReloadArgs),
+}
+
+#[derive(clap::Args)]
+pub struct PinArgs {
+    #[command(flatten)]
+    reader: super::ReaderArgs,
+    /// Read the PINs from standard input, one a line, instead of the PIN pad or the
+    /// terminal.
+    #[arg(long)]
+    pin_stdin: bool,
+}
+
+#[derive(clap::Args)]
+pub struct ReloadArgs {
+    #[command(flatten)]
+    pin: PinArgs,
+    /// The office keystore (with the PIN purpose), with --secret-file.
+    #[arg(long, requires = "secret_file", conflicts_with = "test_keys")]
+    keystore: Option<PathBuf>,
+    /// The keystore's secret (passphrase) file.
+    #[arg(long, requires = "keystore")]
+    secret_file: Option<PathBuf>,
+    /// The test keys of vectors.json (emulated cards only).
+    #[arg(long)]
+    test_keys: bool,
+}
+
+/// Where the PINs come from.
+enum Source {
+    Pad,
+    Terminal,
+    Stdin(std::io::StdinLock<'static>),
+}
+
+impl Source {
+    fn choose(a: &PinArgs, pad: bool) -> Result<Source, CliError> {
+        if a.pin_stdin {
+            return Ok(Source::Stdin(std::io::stdin().lock()));
+        }
+        if pad {
+            return Ok(Source::Pad);
+        }
+        Ok(Source::Terminal)
+    }
+
+    /// One PIN, asked with `prompt` on the terminal.
+    fn read(&mut self, prompt: &str) -> Result<Pin, CliError> {
+        let text: Zeroizing<String> = match self {
+            Source::Pad => return Err(CliError::failed("the PIN is typed on the pad")),
+            Source::Stdin(lines) => {
+                let mut s = Zeroizing::new(String::new());
+                match lines.read_line(&mut s) {
+                    Ok(0) => return Err(CliError::usage("--pin-stdin: standard input ended before the PIN")),
+                    Ok(_) => {}
+                    Err(e) => return Err(CliError::new(5, format!("standard input: {e}"))),
+                }
+                Zeroizing::new(s.trim_end_matches(['\r', '\n']).to_string())
+            }
+            Source::Terminal => Zeroizing::new(rpassword::prompt_password(prompt).map_err(|e| {
+                CliError::usage(format!(
+                    "no terminal to type the PIN on ({e}): use --pin-stdin, or a reader with a PIN pad"
+                ))
+            })?),
+        };
+        Pin::new(&text).map_err(|_| CliError::usage("a PIN is 4 to 12 digits"))
+    }
+
+    /// A new PIN, typed twice; the two must agree.
+    fn read_new(&mut self) -> Result<Pin, CliError> {
+        let new = self.read("New PIN: ")?;
+        let again = self.read("New PIN again: ")?;
+        if new.bcd() != again.bcd() {
+            return Err(CliError::usage("the two new PINs differ"));
+        }
+        Ok(new)
+    }
+}
+
+/// The exit code of a PIN failure: 4 (security) for a wrong or blocked PIN.
+fn pin_error(e: AppError) -> CliError {
+    match &e {
+        AppError::PinWrong { .. } | AppError::PinBlocked => CliError::new(4, e.to_string()),
+        AppError::PinEntry(_) => CliError::failed(e.to_string()),
+        _ => CliError::from(e),
+    }
+}
+
+fn office_keys(
+    a: &ReloadArgs,
+    region: sscard_driver::Region,
+) -> Result<Box<dyn KeyProvider>, CliError> {
+    if a.test_keys {
+        let tid: TerminalId = "000000000000"
+            .parse()
+            .map_err(|e| CliError::failed(format!("{e}")))?;
+        return Ok(Box::new(SoftwareKeys::test_keys(
+            region,
+            tid,
+            &[KeyPurpose::Pin],
+        )));
+    }
+    let (Some(ks), Some(sf)) = (&a.keystore, &a.secret_file) else {
+        return Err(CliError::usage(
+            "RELOAD PIN needs the office's PIN key: --keystore PATH --secret-file PATH (or --test-keys)",
+        ));
+    };
+    let secret =
+        KeystoreSecret::from_credential(sf).map_err(|e| CliError::new(5, e.to_string()))?;
+    let store = Keystore::open(ks, &secret, false).map_err(|e| CliError::new(5, e.to_string()))?;
+    if !store.purposes().contains(&KeyPurpose::Pin) {
+        return Err(CliError::usage(format!(
+            "{}: the keystore has no PIN key (an office keystore has all seven purposes)",
+            ks.display()
+        )));
+    }
+    Ok(Box::new(
+        store.into_provider(Box::new(MemorySequence::default())),
+    ))
+}
+
+pub fn run(c: PinCommand, out: &Printer) -> Result<(), CliError> {
+    let (args, what) = match &c {
+        PinCommand::Verify(a) => (a, "verify"),
+        PinCommand::Change(a) => (a, "change"),
+        PinCommand::Reload(r) => (&r.pin, "reload"),
+    };
+    let mut card = args.reader.open()?;
+    let pad = card.capabilities().pin_pad;
+    let mut src = Source::choose(args, pad && what != "reload")?;
+    // PINs are asked before the card is taken: nothing waits on the holder mid-transaction
+    let pins: Vec<Pin> = match (&src, what) {
+        (Source::Pad, _) => Vec::new(),
+        (_, "verify") => vec![src.read("PIN: ")?],
+        (_, "change") => vec![src.read("Current PIN: ")?, src.read_new()?],
+        _ => vec![src.read_new()?],
+    };
+    if matches!(src, Source::Pad) {
+        eprintln!("sscard: the holder types the PIN on the reader's pad now");
+    }
+    let mut tx = Transaction::begin(card.as_mut())?;
+    let sel = app::select_application(&mut tx)?;
+    if sel.blocked {
+        return Err(CliError::new(
+            4,
+            "the application is blocked: unblock it first (sscard card unblock)",
+        ));
+    }
+    let done = match (&c, pins.as_slice()) {
+        (PinCommand::Verify(_), []) => app::verify_pin_on_pad(&mut tx, 30).map(|_| "PIN verified"),
+        (PinCommand::Verify(_), [p]) => app::verify_pin(&mut tx, p).map(|_| "PIN verified"),
+        (PinCommand::Change(_), []) => app::change_pin_on_pad(&mut tx, 30).map(|_| "PIN changed"),
+        (PinCommand::Change(_), [old, new]) => {
+            app::change_pin(&mut tx, old, new).map(|_| "PIN changed")
+        }
+        (PinCommand::Reload(r), [new]) => {
+            let id = app::read_card(&mut tx)?.card_id;
+            let mut keys = office_keys(r, id.region())?;
+            app::reload_pin(&mut tx, keys.as_mut(), &id, new).map(|_| "PIN reloaded, 3 tries")
+        }
+        _ => return Err(CliError::failed("unexpected PINs")),
+    }
+    .map_err(pin_error)?;
+    out.value(&json!({"result": done, "pin_pad": pins.is_empty()}), done);
+    Ok(())
+}
