@@ -385,8 +385,18 @@ pub struct SerialVcard {
 impl SerialVcard {
     /// Start one of model `model` (`GemPCTwin`, `GemCorePOSPro`, …) with extra `args`.
     pub fn start(model: &str, args: &[&str]) -> SerialVcard {
+        Self::start_card(model, true, args)
+    }
+
+    /// The same with the T=1 card (no `--t0`: the T=1 ATR unless `args` give one).
+    pub fn start_t1(model: &str, args: &[&str]) -> SerialVcard {
+        Self::start_card(model, false, args)
+    }
+
+    fn start_card(model: &str, t0: bool, args: &[&str]) -> SerialVcard {
         let mut child = Command::new(bin_path("sscard-vcard"))
-            .args(["--serial-reader", "--t0", "--model", model])
+            .args(["--serial-reader", "--model", model])
+            .args(if t0 { &["--t0"][..] } else { &[][..] })
             .args(args)
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
