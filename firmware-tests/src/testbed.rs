@@ -238,12 +238,13 @@ pub fn wait_present(ctx: &PcscContext, reader: &str, present: bool, timeout: Dur
 }
 
 /// The emulated serial readers `scripts/with-pcscd` started (`SSCARD_SERIAL_READERS`),
-/// driven by pcscd through libccid's `libccidtwin`.
+/// driven by pcscd through libccid's `libccidtwin`, by their names: the model, or
+/// `<model>-t1` for an entry `<model>:t1` (a T=1 card).
 pub fn serial_models() -> Vec<String> {
     std::env::var("SSCARD_SERIAL_READERS")
         .unwrap_or_default()
         .split_whitespace()
-        .map(str::to_string)
+        .map(|e| e.replace(':', "-"))
         .collect()
 }
 
