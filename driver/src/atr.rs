@@ -435,6 +435,18 @@ impl Atr {
             .unwrap_or((4, 13))
     }
 
+    /// Whether the T=1 epilogue is a CRC (first TC for T=1, bit 1), not the LRC.
+    pub fn t1_crc(&self) -> bool {
+        self.group_for(1)
+            .and_then(|g| g.tc)
+            .is_some_and(|tc| tc & 0x01 != 0)
+    }
+
+    /// The first TB for T=1 as it is (BWI high nibble, CWI low), if present.
+    pub fn tb_t1(&self) -> Option<u8> {
+        self.group_for(1).and_then(|g| g.tb)
+    }
+
     /// Clock stop and class indicator (first TA for T=15).
     pub fn clock_stop_and_class(&self) -> Option<(u8, u8)> {
         self.group_for(15)

@@ -15,5 +15,6 @@ pub mod clearing;
 pub mod conformance;
 pub mod reader_conformance;
 pub mod serial_reader;
+pub mod serial_t1;
 pub mod testbed;
 pub mod vpcd;

@@ -25,8 +25,9 @@
 //!   `00` (present and powered), `01` (present, not powered) or `02` (absent). libccid
 //!   reads "present, not powered" after a power-on as "the card was swapped", so a
 //!   powered card stays `00` until powered off or pulled;
-//! - Get/SetParameters: the protocol data structure (§6.1.7): T=0 `11 00 00 0A 00` at
-//!   first, whatever SetParameters set afterwards;
+//! - Get/SetParameters: the protocol data structure (§6.1.7): at power-on T=0
+//!   `11 00 00 0A 00`, or for a card whose ATR names T=1 first T=1 `11 10 00 4D 00 IFSC
+//!   00`; whatever SetParameters set afterwards (protocol 0 with 5 bytes, 1 with 7);
 //! - XfrBlock: these readers declare TPDU-level exchange (`dwFeatures` 0x00010230 in
 //!   libccid), and libccid sends a T=0 TPDU as one XfrBlock and takes the card's answer
 //!   (data and SW1 SW2, or `61xx` / `6Cxx`) from one DataBlock: the procedure bytes stay
@@ -38,6 +39,13 @@
 //!   answered with itself (accepted). A card that stays mute fails the command with
 //!   `ICC_MUTE`; a card that tears itself out leaves the slot (absent, then back
 //!   after [`ReaderOptions::reinsert_after`]);
+//! - XfrBlock in T=1 (the slot's protocol 1: after SetParameters T=1, or from power-on
+//!   for a card whose ATR names T=1 first): the data are one T=1 block and the answer
+//!   the card's block ([`crate::serial_t1`]: I-blocks chained both ways by IFSC and
+//!   IFSD, R-blocks, S(IFS), S(RESYNCH), S(ABORT), S(WTX) asked by the card; LRC only),
+//!   what libccid's `openct/proto-t1.c` sends one block an XfrBlock (first S(IFS
+//!   request) IFSD 254, `00 C1 01 FE 3E`). The command APDU reaches the card whole,
+//!   Le and all;
 //! - Secure (PIN pad): not yet. The GemPC PinPad model declares the pad but answers
 //!   every `PC_to_RDR_Secure` with "command failed, command not supported" for now.
 //!   (libccid 1.5.2 does not open an echoing GemPC PinPad anyway: the echo of the
@@ -48,9 +56,11 @@
 //! `sscard-vcard --serial-reader`'s fault flags): answer frames with a byte corrupted
 //! or dropped, command frames NAKed, answers delayed or preceded by bursts of T=0 time
 //! requests, echo forced on or off, the card pulled mid-APDU, the reader unplugged and
-//! plugged in again. [`SerialReader::receive_timed`] says what to do on the line
+//! plugged in again; in T=1, a block of the card's with a bad EDC, and an S(WTX
+//! request) before an answer. [`SerialReader::receive_timed`] says what to do on the line
 //! (bytes, waits, unplugging), [`serve`] does it on a pty, [`Served`] in a thread.
 
+use crate::serial_t1::{CardT1, Step};
 use crate::{Reply, VirtualCard};
 use sscard_driver::transport::serial::ccid::{
     error, CcidError, Command, CommandBody, CommandStatus, IccStatus, Response, ResponseBody,
@@ -186,6 +196,17 @@ pub struct OnXfr {
     pub card_runs: bool,
 }
 
+/// The card asks for a waiting time extension (S(WTX request) with `multiplier`)
+/// before these answers (APDUs answered in T=1, counted from 1), and, once the host
+/// answered it, holds its answer back `hold` (in silence: longer than the host's
+/// normal timeout, within the extended one).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct T1Wtx {
+    pub hit: Hit,
+    pub multiplier: u8,
+    pub hold: Duration,
+}
+
 /// Fault injection, for the project's own serial backend's tests. Every field defaults
 /// to "no fault"; libccid's cross-check runs without faults (libccid resends on a NAK
 /// without a bound and pcscd never reopens a reader from reader.conf).
@@ -221,6 +242,11 @@ pub struct Faults {
     /// (behind the same link). The reader comes back as from a power cycle: cards
     /// unpowered, card movement notices off.
     pub unplug: Option<(OnXfr, Duration)>,
+    /// T=1: flip a bit of the EDC of these blocks the card sends (counted over every
+    /// block the card sends, resends included: `Nth` hits one only).
+    pub t1_corrupt: Hit,
+    /// T=1: an S(WTX request) before these answers.
+    pub t1_wtx: Option<T1Wtx>,
 }
 
 /// How the reader behaves.
@@ -253,6 +279,8 @@ struct Slot {
     powered: bool,
     protocol: u8,
     parameters: Vec<u8>,
+    /// The card's T=1 state while the slot's protocol is T=1.
+    t1: Option<CardT1>,
     /// A torn card comes back at this time.
     reinsert_at: Option<Instant>,
 }
@@ -265,6 +293,7 @@ impl Slot {
             powered: false,
             protocol: 0,
             parameters: T0_DEFAULT_PARAMETERS.to_vec(),
+            t1: None,
             reinsert_at: None,
         }
     }
@@ -294,6 +323,7 @@ impl Slot {
         self.powered = false;
         self.protocol = 0;
         self.parameters = T0_DEFAULT_PARAMETERS.to_vec();
+        self.t1 = None;
     }
 }
 
@@ -314,6 +344,13 @@ pub struct SerialReader {
     commands: u32,
     answers: u32,
     xfrs: u32,
+    /// T=1 blocks the card sent and APDUs it answered in T=1 (for [`Faults`]).
+    t1_blocks: u32,
+    t1_answers: u32,
+    /// Silence before the next answer frame (a T=1 answer held after a WTX), and a
+    /// hold waiting for the card's next I-block.
+    hold: Option<Duration>,
+    t1_hold: Option<Duration>,
 }
 
 /// What the reader does on the line, in order ([`SerialReader::receive_timed`]).
@@ -376,6 +413,10 @@ impl SerialReader {
             commands: 0,
             answers: 0,
             xfrs: 0,
+            t1_blocks: 0,
+            t1_answers: 0,
+            hold: None,
+            t1_hold: None,
         })
     }
 
@@ -395,6 +436,8 @@ impl SerialReader {
         self.commands = 0;
         self.answers = 0;
         self.xfrs = 0;
+        self.t1_blocks = 0;
+        self.t1_answers = 0;
     }
 
     /// XfrBlocks received since the faults were last set.
@@ -420,6 +463,7 @@ impl SerialReader {
             s.powered = false;
             s.protocol = 0;
             s.parameters = T0_DEFAULT_PARAMETERS.to_vec();
+            s.t1 = None;
         }
         self.decoder = Decoder::new();
         self.notify = false;
@@ -564,6 +608,9 @@ impl SerialReader {
                 out.wait(by);
             }
         }
+        if let Some(by) = self.hold.take() {
+            out.wait(by);
+        }
         if let Some(t) = f.time_requests.filter(|t| t.hit.hits(n)) {
             for _ in 0..t.count {
                 out.wait(t.interval);
@@ -652,8 +699,19 @@ impl SerialReader {
                     card.power_on();
                     let atr = card.atr();
                     slot.powered = true;
-                    slot.protocol = 0;
-                    slot.parameters = T0_DEFAULT_PARAMETERS.to_vec();
+                    // the protocol the ATR names first, with its default parameters
+                    match t1_first(&atr) {
+                        Some(ifsc) => {
+                            slot.protocol = 1;
+                            slot.parameters = vec![0x11, 0x10, 0x00, 0x4D, 0x00, ifsc, 0x00];
+                            slot.t1 = Some(CardT1::new(ifsc));
+                        }
+                        None => {
+                            slot.protocol = 0;
+                            slot.parameters = T0_DEFAULT_PARAMETERS.to_vec();
+                            slot.t1 = None;
+                        }
+                    }
                     with_data(c, ok(slot), atr)
                 }
             },
@@ -687,18 +745,71 @@ impl SerialReader {
                 }
                 slot.protocol = *protocol;
                 slot.parameters = data.clone();
+                if *protocol == 1 {
+                    // the card's state goes on if it already talked T=1
+                    let ifsc = data.get(5).copied().unwrap_or(0x20);
+                    slot.t1.get_or_insert_with(|| CardT1::new(ifsc));
+                } else {
+                    slot.t1 = None;
+                }
                 parameters(c, ok(slot), slot.protocol, slot.parameters.clone())
             }
             CommandBody::XfrBlock { data, .. } => {
                 if !slot.powered {
                     return reply(c, failed(slot), error::ICC_MUTE);
                 }
-                let Some(card) = slot.card() else {
-                    return reply(c, failed(slot), error::ICC_MUTE);
-                };
                 if data.first() == Some(&0xFF) && is_pps(data) {
                     return with_data(c, ok(slot), data.clone());
                 }
+                if slot.protocol == 1 {
+                    let (Some(card), true) = (slot.card.as_mut(), slot.inserted) else {
+                        return reply(c, failed(slot), error::ICC_MUTE);
+                    };
+                    let t1 = slot.t1.get_or_insert_with(|| CardT1::new(0x20));
+                    let mut block = match t1.receive(data) {
+                        Step::Send(b) => b,
+                        Step::Apdu(apdu) => match card.process(&apdu) {
+                            Reply::Answer(r) => {
+                                self.t1_answers = self.t1_answers.saturating_add(1);
+                                let n = self.t1_answers;
+                                let wtx = self.opts.faults.t1_wtx.filter(|w| w.hit.hits(n));
+                                if let Some(w) = wtx {
+                                    tracing::debug!("fault: S(WTX) before T=1 answer {n}");
+                                    self.t1_hold = Some(w.hold);
+                                }
+                                t1.answer(r, wtx.map(|w| w.multiplier))
+                            }
+                            Reply::Mute => return reply(c, failed(slot), error::ICC_MUTE),
+                            Reply::Tear => {
+                                slot.pull();
+                                slot.reinsert_at = Some(Instant::now() + self.opts.reinsert_after);
+                                if c.slot == 0 {
+                                    self.pending.push(false);
+                                }
+                                let s = &self.slots[usize::from(c.slot)];
+                                return reply(c, failed(s), error::ICC_MUTE);
+                            }
+                        },
+                    };
+                    // a hold after a WTX is for the card's next I-block
+                    if block.get(1).is_some_and(|p| p & 0x80 == 0) {
+                        if let Some(h) = self.t1_hold.take() {
+                            self.hold = Some(h);
+                        }
+                    }
+                    self.t1_blocks = self.t1_blocks.saturating_add(1);
+                    if self.opts.faults.t1_corrupt.hits(self.t1_blocks) {
+                        tracing::debug!("fault: T=1 block {} with a bad EDC", self.t1_blocks);
+                        if let Some(e) = block.last_mut() {
+                            *e ^= 0x01;
+                        }
+                    }
+                    let s = &self.slots[usize::from(c.slot)];
+                    return with_data(c, Status::new(s.icc(), CommandStatus::Ok), block);
+                }
+                let Some(card) = slot.card() else {
+                    return reply(c, failed(slot), error::ICC_MUTE);
+                };
                 let Some(tpdu) = t0_tpdu(data) else {
                     // the TPDU's length does not match its P3: the offset of dwLength
                     return reply(c, failed(slot), 1);
@@ -774,6 +885,12 @@ fn parameters(c: &Command, status: Status, protocol: u8, data: Vec<u8>) -> Respo
         error: 0,
         body: ResponseBody::Parameters { protocol, data },
     }
+}
+
+/// For an ATR whose first protocol is T=1, its IFSC (TA3, default 32).
+fn t1_first(atr: &[u8]) -> Option<u8> {
+    let a = sscard_driver::atr::Atr::parse(atr).ok()?;
+    (a.protocol_numbers().first() == Some(&1)).then(|| a.ifsc())
 }
 
 /// A PPS request (ISO 7816-3 §9): `FF PPS0 [PPS1] [PPS2] [PPS3] PCK`, the PCK making
@@ -1610,6 +1727,135 @@ mod fault_tests {
                 _ => None,
             })
             .collect()
+    }
+
+    fn xfr(seq: u8, data: Vec<u8>) -> Vec<u8> {
+        frame_of(
+            seq,
+            CommandBody::XfrBlock {
+                bwi: 0,
+                level_parameter: 0,
+                data,
+            },
+        )
+        .0
+    }
+
+    /// The data of the one DataBlock in `out`'s bytes, and the waits before it.
+    fn t1_answer(out: &[Out]) -> (Vec<u8>, Vec<Duration>) {
+        let mut waits = Vec::new();
+        let mut data = Vec::new();
+        for o in out {
+            match o {
+                Out::Wait(d) => waits.push(*d),
+                Out::Bytes(b) => {
+                    for a in answers(b) {
+                        data = a.data().to_vec();
+                    }
+                }
+                Out::Unplug(_) => panic!("unplugged"),
+            }
+        }
+        (data, waits)
+    }
+
+    #[test]
+    fn t1_after_set_parameters_with_libccids_blocks_and_the_faults() {
+        use sscard_driver::transport::serial::t1::{decode, encode, Block, RError, SKind};
+        let card =
+            EmulatedCard::new(&Personalization::default_test_card(), Knobs::default()).unwrap();
+        let f = Faults {
+            t1_corrupt: Hit::Nth(4),
+            t1_wtx: Some(T1Wtx {
+                hit: Hit::Nth(2),
+                multiplier: 3,
+                hold: Duration::from_millis(900),
+            }),
+            ..Default::default()
+        };
+        let opts = ReaderOptions {
+            faults: f,
+            ..Default::default()
+        };
+        let mut r =
+            SerialReader::new(Model::GemCorePosPro, vec![Some(Box::new(card))], opts).unwrap();
+        r.receive(&power_on(0));
+        let set = frame_of(
+            1,
+            CommandBody::SetParameters {
+                protocol: 1,
+                data: vec![0x11, 0x10, 0xFF, 0x45, 0, 0xFE, 0],
+            },
+        )
+        .0;
+        assert_eq!(answers(&r.receive(&set))[0].error, 0);
+        // libccid's first block: S(IFS request) IFSD 254
+        let (d, _) = t1_answer(&r.receive_timed(&xfr(2, hex::decode("00C101FE3E").unwrap())));
+        assert_eq!(d, hex::decode("00E101FE1E").unwrap());
+        let i = |ns, inf: &str| {
+            encode(
+                0,
+                &Block::I {
+                    ns,
+                    more: false,
+                    inf: hex::decode(inf).unwrap(),
+                },
+            )
+        };
+        // GET DATA (case 2) whole: the answer directly, no 61xx
+        let (d, w) = t1_answer(&r.receive_timed(&xfr(3, i(false, "80CA000108"))));
+        let Ok((
+            0,
+            Block::I {
+                ns: false,
+                more: false,
+                inf,
+            },
+        )) = decode(&d)
+        else {
+            panic!("{d:02X?}")
+        };
+        assert_eq!(hex::encode_upper(&inf), "00112233445566779000");
+        assert!(w.is_empty());
+        // the 2nd answer: S(WTX request) first, then the answer held 900 ms (the 3rd
+        // block the card sends, with a bad EDC: the 4th)
+        let (d, _) = t1_answer(&r.receive_timed(&xfr(4, i(true, "80CA000108"))));
+        assert_eq!(
+            decode(&d).unwrap().1,
+            Block::S {
+                kind: SKind::Wtx,
+                response: false,
+                inf: vec![3]
+            }
+        );
+        let resp = encode(
+            0,
+            &Block::S {
+                kind: SKind::Wtx,
+                response: true,
+                inf: vec![3],
+            },
+        );
+        let (d, w) = t1_answer(&r.receive_timed(&xfr(5, resp)));
+        assert_eq!(w, [Duration::from_millis(900)]);
+        assert!(decode(&d).is_err(), "the EDC is bad");
+        // the host's R-block with the EDC error bit: the block again, intact
+        let rb = encode(
+            0,
+            &Block::R {
+                nr: true,
+                error: RError::Edc,
+            },
+        );
+        let (d, w) = t1_answer(&r.receive_timed(&xfr(6, rb)));
+        assert!(w.is_empty());
+        let Ok((0, Block::I { ns: true, .. })) = decode(&d) else {
+            panic!("{d:02X?}")
+        };
+        // a power-on starts over in T=1 (the ATR names T=1 first)
+        r.receive(&power_on(7));
+        let (d, _) = t1_answer(&r.receive_timed(&xfr(8, i(false, "80CA000108"))));
+        assert!(matches!(decode(&d), Ok((0, Block::I { ns: false, .. }))));
     }
 
     #[test]

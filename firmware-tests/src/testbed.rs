@@ -238,12 +238,13 @@ pub fn wait_present(ctx: &PcscContext, reader: &str, present: bool, timeout: Dur
 }
 
 /// The emulated serial readers `scripts/with-pcscd` started (`SSCARD_SERIAL_READERS`),
-/// driven by pcscd through libccid's `libccidtwin`.
+/// driven by pcscd through libccid's `libccidtwin`, by their names: the model, or
+/// `<model>-t1` for an entry `<model>:t1` (a T=1 card).
 pub fn serial_models() -> Vec<String> {
     std::env::var("SSCARD_SERIAL_READERS")
         .unwrap_or_default()
         .split_whitespace()
-        .map(str::to_string)
+        .map(|e| e.replace(':', "-"))
         .collect()
 }
 
@@ -385,8 +386,18 @@ pub struct SerialVcard {
 impl SerialVcard {
     /// Start one of model `model` (`GemPCTwin`, `GemCorePOSPro`, …) with extra `args`.
     pub fn start(model: &str, args: &[&str]) -> SerialVcard {
+        Self::start_card(model, true, args)
+    }
+
+    /// The same with the T=1 card (no `--t0`: the T=1 ATR unless `args` give one).
+    pub fn start_t1(model: &str, args: &[&str]) -> SerialVcard {
+        Self::start_card(model, false, args)
+    }
+
+    fn start_card(model: &str, t0: bool, args: &[&str]) -> SerialVcard {
         let mut child = Command::new(bin_path("sscard-vcard"))
-            .args(["--serial-reader", "--t0", "--model", model])
+            .args(["--serial-reader", "--model", model])
+            .args(if t0 { &["--t0"][..] } else { &[][..] })
             .args(args)
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())

@@ -10,7 +10,7 @@ use sscard_driver::app::{self, Pin};
 use sscard_driver::keyprovider::{KeyProvider, SoftwareKeys};
 use sscard_driver::transport::pcsc::PcscContext;
 use sscard_driver::transport::{CardTransport, Protocol, Transaction};
-use sscard_firmware_tests::card::T0_ATR;
+use sscard_firmware_tests::card::{t1_atr, T0_ATR};
 use sscard_firmware_tests::clearing::purchase_tac;
 use sscard_firmware_tests::testbed::{wait_present, SerialReaderLease};
 use std::time::Duration;
@@ -29,13 +29,17 @@ fn pharmacy() -> SoftwareKeys {
 /// The reader's slots as pcscd lists them, the card's ATR and protocol, every record,
 /// and a purchase (VERIFY, INITIALIZE FOR PURCHASE, DEBIT) with its TAC checked.
 fn read_and_pay(model: &str, slots: usize) {
+    read_and_pay_card(model, slots, &T0_ATR, Protocol::T0);
+}
+
+fn read_and_pay_card(model: &str, slots: usize, atr: &[u8], protocol: Protocol) {
     let lease = SerialReaderLease::acquire(model);
     assert_eq!(lease.readers().len(), slots, "{:?}", lease.readers());
     let mut card = lease.connect();
     let st = card.status().unwrap();
     assert!(st.present);
-    assert_eq!(st.atr, T0_ATR);
-    assert_eq!(st.protocol, Some(Protocol::T0));
+    assert_eq!(st.atr, atr);
+    assert_eq!(st.protocol, Some(protocol));
 
     let mut keys = pharmacy();
     let mut tx = Transaction::begin(&mut card).unwrap();
@@ -87,4 +91,13 @@ fn gemcore_pos_pro_through_libccid() {
 #[test]
 fn gempc_twin_through_libccid() {
     read_and_pay("GemPCTwin", 1);
+}
+
+/// The T=1 card (`SSCARD_SERIAL_READERS` entry `GemPCTwin:t1`): libccid's own T=1
+/// (`openct/proto-t1.c`: S(IFS request) IFSD 254, I-blocks, its R-blocks) against the
+/// emulator's card side, read and paid exactly as through the project's backend
+/// (`serial_backend.rs`, `a_t1_card_reads_as_the_t0_card_and_pays`).
+#[test]
+fn gempc_twin_with_a_t1_card_through_libccid() {
+    read_and_pay_card("GemPCTwin-t1", 1, &t1_atr(), Protocol::T1);
 }

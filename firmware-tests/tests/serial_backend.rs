@@ -16,13 +16,13 @@ use sscard_driver::keyprovider::{KeyProvider, SoftwareKeys};
 use sscard_driver::transport::serial::link::Timing;
 use sscard_driver::transport::serial::model::Model;
 use sscard_driver::transport::serial::reader::SerialReader;
-use sscard_driver::transport::{CardTransport, Transaction, TransportError};
+use sscard_driver::transport::{CardTransport, Protocol, Transaction, TransportError};
 use sscard_driver::CommandApdu;
 use sscard_emulator::psam::PSAM_AID;
 use sscard_firmware_tests::card::{EmulatedCard, Knobs, Personalization};
 use sscard_firmware_tests::clearing::purchase_tac;
 use sscard_firmware_tests::serial_reader::{
-    Faults, Hit, Model as EmuModel, OnXfr, ReaderOptions, SerialReader as EmuReader, Served,
+    Faults, Hit, Model as EmuModel, OnXfr, ReaderOptions, SerialReader as EmuReader, Served, T1Wtx,
     TimeRequests,
 };
 use sscard_firmware_tests::testbed::SerialVcard;
@@ -558,4 +558,177 @@ fn a_cut_frame_whose_data_looks_like_a_notice_is_resent() {
     assert_eq!(tx.transmit(&read).unwrap().data.len(), 22);
     emu.set_faults(faults(|f| f.drop_byte = Hit::Nth(1)));
     assert_eq!(tx.transmit(&read).unwrap().data.len(), 22);
+}
+
+// ---- T=1 cards ----
+
+/// The emulator's T=1 ATR with another IFSC (TA3).
+fn t1_atr_with_ifsc(ifsc: u8) -> Vec<u8> {
+    let mut a = vec![0x3B, 0xDA, 0x11, 0xFF, 0x81, 0x31, ifsc, 0x45];
+    a.extend_from_slice(b"SSC-AES v1");
+    let tck = a[1..].iter().fold(0u8, |x, b| x ^ b);
+    a.push(tck);
+    a
+}
+
+/// The default card in T=1 (no `--t0`) in a reader served in this process.
+fn served_t1(model: Model, card: Box<dyn VirtualCard>) -> Served {
+    let m = EmuModel::parse(model.name()).unwrap();
+    let r = EmuReader::new(m, vec![Some(card)], ReaderOptions::default()).unwrap();
+    Served::start(r, None).unwrap()
+}
+
+fn t1_card() -> Box<dyn VirtualCard> {
+    Box::new(EmulatedCard::new(&Personalization::default_test_card(), Knobs::default()).unwrap())
+}
+
+fn read_records(card: &mut dyn CardTransport) -> app::CardRecord {
+    let mut tx = Transaction::begin(card).unwrap();
+    app::read_card(&mut tx).unwrap()
+}
+
+#[test]
+fn a_t1_card_reads_as_the_t0_card_and_pays() {
+    let t0 = SerialVcard::start(Model::GemPcTwin.name(), &[]);
+    let reader = SerialReader::open(&t0.pty.to_string_lossy(), Model::GemPcTwin).unwrap();
+    let mut card = reader.connect(0).unwrap();
+    assert_eq!(card.status().unwrap().protocol, Some(Protocol::T0));
+    let via_t0 = read_records(&mut card);
+
+    for model in [Model::GemPcTwin, Model::GemCorePosPro] {
+        let t1 = SerialVcard::start_t1(model.name(), &[]);
+        let reader = SerialReader::open(&t1.pty.to_string_lossy(), model).unwrap();
+        let mut card = reader.connect(0).unwrap();
+        let st = card.status().unwrap();
+        assert_eq!(st.protocol, Some(Protocol::T1));
+        assert_eq!(st.atr, sscard_firmware_tests::card::t1_atr());
+        assert_eq!(read_records(&mut card), via_t0);
+        read_and_pay(&mut card);
+        // a power cycle starts the block protocol again (N(S), N(R), IFSD)
+        card.reset().unwrap();
+        assert_eq!(read_records(&mut card), via_t0);
+    }
+}
+
+/// A card that answers 256 bytes and SW1 SW2 to anything, and keeps the commands.
+struct Long {
+    atr: Vec<u8>,
+    seen: std::sync::Arc<std::sync::Mutex<Vec<Vec<u8>>>>,
+}
+
+impl VirtualCard for Long {
+    fn atr(&self) -> Vec<u8> {
+        self.atr.clone()
+    }
+    fn power_on(&mut self) {}
+    fn power_off(&mut self) {}
+    fn reset(&mut self) {}
+    fn process(&mut self, c: &[u8]) -> Reply {
+        self.seen.lock().unwrap().push(c.to_vec());
+        let mut d: Vec<u8> = (0..=255u8).collect();
+        d.extend([0x90, 0x00]);
+        Reply::Answer(d)
+    }
+}
+
+#[test]
+fn a_256_byte_answer_and_a_long_command_chained_with_a_small_ifsc() {
+    let seen = std::sync::Arc::default();
+    let emu = served_t1(
+        Model::GemPcTwin,
+        Box::new(Long {
+            atr: t1_atr_with_ifsc(0x10),
+            seen: std::sync::Arc::clone(&seen),
+        }),
+    );
+    let reader = SerialReader::open(&emu.path().to_string_lossy(), Model::GemPcTwin).unwrap();
+    let mut card = reader.connect(0).unwrap();
+    let mut tx = Transaction::begin(&mut card).unwrap();
+    // 200 bytes of data: 13 I-blocks of at most 16 bytes; the answer of 258 bytes in
+    // two (IFSD 254)
+    let cmd = CommandApdu::new(0x80, 0xE2, 0, 0)
+        .with_data((0..200).map(|i| i as u8).collect::<Vec<u8>>())
+        .unwrap()
+        .with_le(256)
+        .unwrap();
+    let r = tx.transmit(&cmd).unwrap();
+    assert_eq!(r.data, (0..=255u8).collect::<Vec<_>>());
+    assert!(r.sw.is_ok(), "{:?}", r.sw);
+    drop(tx);
+    // the APDU reached the card whole, Le kept
+    assert_eq!(
+        seen.lock().unwrap().last().unwrap(),
+        &cmd.to_bytes().to_vec()
+    );
+    // the whole card through the same small IFSC, its longer commands chained
+    let v = SerialVcard::start_t1(
+        Model::GemCorePosPro.name(),
+        &["--atr", &hex::encode(t1_atr_with_ifsc(0x10))],
+    );
+    let reader = SerialReader::open(&v.pty.to_string_lossy(), Model::GemCorePosPro).unwrap();
+    let mut card = reader.connect(0).unwrap();
+    read_and_pay(&mut card);
+}
+
+#[test]
+fn t1_blocks_with_a_bad_edc_are_asked_again() {
+    // every 3rd block the card sends damaged (its resends counted too)
+    pay_through_faults_t1(Model::GemPcTwin, &["--t1-corrupt", "every:3"]);
+    // and in process, the count checked: one damaged block, one more block sent
+    let emu = served_t1(Model::GemPcTwin, t1_card());
+    let reader =
+        SerialReader::open_with(&emu.path().to_string_lossy(), Model::GemPcTwin, quick()).unwrap();
+    let mut card = reader.connect(0).unwrap();
+    emu.set_faults(faults(|f| f.t1_corrupt = Hit::Nth(2)));
+    let before = emu.with_reader(|r| r.xfr_blocks());
+    assert_eq!(before, 0);
+    let rec = read_records(&mut card);
+    assert_eq!(rec.name, "张三");
+    // 19 commands, one block each way, and one R-block for the damaged answer
+    assert_eq!(emu.with_reader(|r| r.xfr_blocks()), 20);
+}
+
+fn pay_through_faults_t1(model: Model, faults: &[&str]) {
+    let v = SerialVcard::start_t1(model.name(), faults);
+    let reader = SerialReader::open_with(&v.pty.to_string_lossy(), model, quick()).unwrap();
+    let mut card = reader.connect(0).unwrap();
+    read_and_pay(&mut card);
+}
+
+#[test]
+fn a_wtx_request_stretches_the_wait_for_that_answer() {
+    let emu = served_t1(Model::GemPcTwin, t1_card());
+    // an answer timeout of 1 s; the card asks for 4 × the waiting time, then answers
+    // after 2.5 s
+    let reader =
+        SerialReader::open_with(&emu.path().to_string_lossy(), Model::GemPcTwin, quick()).unwrap();
+    let mut card = reader.connect(0).unwrap();
+    emu.set_faults(faults(|f| {
+        f.t1_wtx = Some(T1Wtx {
+            hit: Hit::Nth(1),
+            multiplier: 4,
+            hold: Duration::from_millis(2500),
+        })
+    }));
+    let t = Instant::now();
+    let rec = read_records(&mut card);
+    assert!(
+        t.elapsed() >= Duration::from_millis(2500),
+        "{:?}",
+        t.elapsed()
+    );
+    assert_eq!(rec.card_number, "A65020001");
+    // the extension is for that block only: the same hold without a WTX times out
+    // (answer frames counted: the GetSlotStatus of begin, then the block)
+    emu.set_faults(faults(|f| {
+        f.delay = Some((Hit::Nth(2), Duration::from_millis(2500)))
+    }));
+    let mut tx = Transaction::begin(&mut card).unwrap();
+    let e = tx
+        .transmit(&CommandApdu::new(0, 0x84, 0, 0).with_le(8).unwrap())
+        .unwrap_err();
+    assert!(
+        matches!(e, TransportError::Timeout(_)) && e.outcome_unknown(),
+        "{e}"
+    );
 }

@@ -10,7 +10,7 @@ use sscard_firmware_tests::perso::{Chip, IssueFactory};
 use sscard_firmware_tests::psam::Psam;
 use sscard_firmware_tests::serial_reader::{
     install_presence_signals, serve, update_link, Faults, Hit, Model, OnXfr, Pty, ReaderOptions,
-    SerialReader, TimeRequests,
+    SerialReader, T1Wtx, TimeRequests,
 };
 use sscard_firmware_tests::vpcd::{control, serve_with, BridgeOptions, Presence, WireTime};
 use sscard_firmware_tests::VirtualCard;
@@ -147,6 +147,18 @@ struct Args {
     /// another `pty:` line), the reader reset as from a power cycle.
     #[arg(long, value_name = "N:MS[:run]", help_heading = "Serial reader faults")]
     unplug_on_xfr: Option<String>,
+    /// Fault (T=1): flip a bit of the EDC of these blocks the card sends (HIT: N or
+    /// every:N, counting every block the card sends).
+    #[arg(long, value_name = "HIT", help_heading = "Serial reader faults")]
+    t1_corrupt: Option<String>,
+    /// Fault (T=1): before these answers (HIT over the APDUs answered in T=1) the card
+    /// asks S(WTX) with multiplier MULT, then holds its answer MS milliseconds.
+    #[arg(
+        long,
+        value_name = "HIT:MULT:MS",
+        help_heading = "Serial reader faults"
+    )]
+    t1_wtx: Option<String>,
 }
 
 fn fail(msg: String) -> ! {
@@ -276,6 +288,16 @@ fn faults(a: &Args) -> Faults {
     if let Some(s) = &a.pull_on_xfr {
         let p: Vec<&str> = s.split(':').collect();
         f.pull = Some(on_xfr("pull-on-xfr", p.first().copied(), p.get(1).copied()));
+    }
+    f.t1_corrupt = hit("t1-corrupt", &a.t1_corrupt);
+    if let Some(s) = &a.t1_wtx {
+        let mut p: Vec<&str> = s.split(':').collect();
+        let h = take_hit("t1-wtx", &mut p);
+        f.t1_wtx = Some(T1Wtx {
+            hit: h,
+            multiplier: number("t1-wtx", p.first().copied()),
+            hold: Duration::from_millis(number("t1-wtx", p.get(1).copied())),
+        });
     }
     if let Some(s) = &a.unplug_on_xfr {
         let p: Vec<&str> = s.split(':').collect();

@@ -217,6 +217,23 @@ impl Link {
         self.exchange(slot, body, answer)
     }
 
+    /// [`Link::transact`] with another answer timeout (a T=1 card's waiting time
+    /// extension stretches it for one block).
+    pub fn transact_for(
+        &mut self,
+        slot: u8,
+        body: CommandBody,
+        answer: Duration,
+    ) -> Result<Response, TransportError> {
+        self.ensure_open()?;
+        self.exchange(slot, body, answer)
+    }
+
+    /// The link's timeouts and bounds.
+    pub fn timing(&self) -> Timing {
+        self.timing
+    }
+
     fn next_seq(&mut self) -> u8 {
         let s = self.seq;
         self.seq = self.seq.wrapping_add(1);

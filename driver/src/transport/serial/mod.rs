@@ -10,13 +10,14 @@
 //! - [`ccid`]: the CCID messages those frames carry (USB CCID specification rev 1.1,
 //!   §6.1 and §6.2), typed, with encode and decode.
 //!
-//! The backend on top of them (T=0 cards for now; T=1 and the PIN pad come later):
+//! The backend on top of them (T=0 and T=1 cards; the PIN pad comes later):
 //!
 //! - [`port`]: the port, opened as libccidtwin opens it (115200 bit/s, 8N2, raw);
 //! - [`link`]: one command at a time on the port, with one `bSeq` for all its slots:
 //!   echo and late answers skipped, NAKs both ways (bounded), time requests, card
 //!   movement notices, timeouts, a vanished port reopened at the next use;
 //! - [`tpdu`]: short APDUs as T=0 TPDUs;
+//! - [`t1`]: the T=1 block protocol (I-, R- and S-blocks, chaining, error recovery);
 //! - [`model`]: the reader models and what differs between them on the wire;
 //! - [`reader`]: [`reader::SerialReader`] and its slots, [`reader::SerialSlot`], each a
 //!   [`super::CardTransport`].
@@ -29,4 +30,5 @@ pub mod link;
 pub mod model;
 pub mod port;
 pub mod reader;
+pub mod t1;
 pub mod tpdu;

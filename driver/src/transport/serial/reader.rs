@@ -3,11 +3,14 @@
 //! [`SerialReader`] owns the [`Link`] to the port (behind a mutex: the slots of a
 //! GemCore POS Pro share the port and one `bSeq` counter) and what it knows of each
 //! slot's card; [`SerialSlot`] is one slot, a [`CardTransport`] like a PC/SC card
-//! handle. Only T=0 cards for now: the card is powered on (IccPowerOn, 5 V first then
-//! 3 V and 1.8 V), its ATR parsed, a PPS sent when the card offers a faster rate in
-//! negotiable mode and the reader supports it, the reader told the parameters
-//! (SetParameters T=0, as libccid), and APDUs carried as T=0 TPDUs
-//! ([`super::tpdu`]).
+//! handle. The card is powered on (IccPowerOn, 5 V first then 3 V and 1.8 V), its ATR
+//! parsed and a protocol chosen: T=0 when the card offers it first (or offers no T=1),
+//! else T=1. A PPS is sent when the card offers a faster rate in negotiable mode and
+//! the reader supports it (for T=1 also when T=1 is not the card's first protocol), the
+//! reader is told the parameters (SetParameters T=0 or T=1, as libccid), and APDUs are
+//! carried as T=0 TPDUs ([`super::tpdu`]) or whole in T=1 blocks ([`super::t1`], after
+//! an S(IFS request) for IFSD 254 at every power-on; the T=1 state lives as long as the
+//! card's power).
 //!
 //! Presence comes from the card movement notices the link records and from
 //! GetSlotStatus, asked at every [`CardTransport::begin`] and
@@ -21,6 +24,7 @@
 use super::ccid::{error, CommandBody, IccStatus, Response, ResponseBody};
 use super::link::{Link, Timing};
 use super::model::Model;
+use super::t1::{self, T1};
 use super::tpdu;
 use crate::atr::{Atr, Convention};
 use crate::transport::{
@@ -40,6 +44,8 @@ struct Powered {
     notices: u64,
     atr: Vec<u8>,
     protocol: Protocol,
+    /// The T=1 state (N(S), N(R), IFSC, IFSD) of a card in T=1.
+    t1: Option<T1>,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -172,21 +178,51 @@ impl Shared {
             .as_ref()
             .map_or_else(|| vec![Protocol::T0], |a| a.protocols());
         let specific = parsed.as_ref().and_then(|a| a.specific_mode());
-        let t0 = match specific {
-            Some((t, _)) => t == 0,
-            None => protocols.contains(&Protocol::T0),
+        // T=0 when it comes first (or there is no T=1), else T=1
+        let protocol = match specific {
+            Some((0, _)) => Some(Protocol::T0),
+            Some((1, _)) => Some(Protocol::T1),
+            Some(_) => None,
+            None => match protocols.first() {
+                Some(Protocol::T0) => Some(Protocol::T0),
+                _ if protocols.contains(&Protocol::T1) => Some(Protocol::T1),
+                _ if protocols.contains(&Protocol::T0) => Some(Protocol::T0),
+                _ => None,
+            },
         };
-        if !t0 {
+        let crc = parsed.as_ref().is_some_and(|a| a.t1_crc());
+        let refused = match protocol {
+            None => Some("the card speaks neither T=0 nor T=1"),
+            Some(Protocol::T1) if crc => {
+                Some("the card asks for a CRC epilogue in T=1 (only the LRC is supported)")
+            }
+            _ => None,
+        };
+        if let Some(why) = refused {
             let _ = self.transact(slot, CommandBody::IccPowerOff);
-            return Err(TransportError::Protocol(
-                "the card does not speak T=0 (T=1 on serial readers is not supported yet)".into(),
-            ));
+            return Err(TransportError::Protocol(why.into()));
         }
-        let fidi = match &parsed {
-            Some(a) => self.negotiate(slot, a)?,
-            None => 0x11,
-        };
-        self.set_parameters_t0(slot, fidi, parsed.as_ref())?;
+        let mut t1_state = None;
+        match (protocol, &parsed) {
+            (Some(Protocol::T1), Some(a)) => {
+                let fidi = self.negotiate(slot, a, 1)?;
+                self.set_parameters_t1(slot, fidi, a)?;
+                let mut t = T1::new(a.ifsc());
+                let mut io = |block: &[u8], wtx: u8| self.xfr_block(slot, block, wtx);
+                if let Err(e) = t.negotiate_ifsd(&mut io) {
+                    let _ = self.transact(slot, CommandBody::IccPowerOff);
+                    return Err(e);
+                }
+                t1_state = Some(t);
+            }
+            _ => {
+                let fidi = match &parsed {
+                    Some(a) => self.negotiate(slot, a, 0)?,
+                    None => 0x11,
+                };
+                self.set_parameters_t0(slot, fidi, parsed.as_ref())?;
+            }
+        }
         let epoch = self.link.epoch();
         let notices = self.link.notices(slot).changes;
         let s = self.slot_mut(slot)?;
@@ -194,16 +230,22 @@ impl Shared {
             epoch,
             notices,
             atr: atr.clone(),
-            protocol: Protocol::T0,
+            protocol: if t1_state.is_some() {
+                Protocol::T1
+            } else {
+                Protocol::T0
+            },
+            t1: t1_state,
         });
         s.generation += 1;
         Ok(atr)
     }
 
-    /// The Fi/Di to use: the card's own in specific mode; TA1's after a successful
-    /// PPS in negotiable mode when it is faster than the default and the reader can
-    /// go that fast; else the default `11`.
-    fn negotiate(&mut self, slot: u8, atr: &Atr) -> Result<u8, TransportError> {
+    /// The Fi/Di to use for protocol `t` (0 or 1): the card's own in specific mode;
+    /// TA1's after a successful PPS in negotiable mode when it is faster than the
+    /// default and the reader can go that fast; else the default `11`. For T=1 a PPS
+    /// also selects T=1 when it is not the card's first protocol (as libccid does).
+    fn negotiate(&mut self, slot: u8, atr: &Atr, t: u8) -> Result<u8, TransportError> {
         let ta1 = atr.ta1();
         if let Some((_, explicit)) = atr.specific_mode() {
             return Ok(if explicit { ta1 } else { 0x11 });
@@ -213,11 +255,17 @@ impl Shared {
             .zip(atr.di())
             .map(|(f, d)| CLOCK_HZ * u64::from(d) / u64::from(f))
             .is_some_and(|rate| rate <= u64::from(self.link.model().max_data_rate()));
-        if ta1 == 0x11 || !fast_enough {
+        let faster = ta1 != 0x11 && fast_enough;
+        let other_protocol = t != 0 && atr.protocol_numbers().first() != Some(&t);
+        if !faster && !other_protocol {
             return Ok(0x11);
         }
-        // PPSS, PPS0 (PPS1 follows, T=0), PPS1 = TA1, PCK
-        let mut pps = vec![0xFF, 0x10, ta1];
+        // PPSS, PPS0 (PPS1 follows if faster, the protocol), PPS1 = TA1, PCK
+        let mut pps = if faster {
+            vec![0xFF, 0x10 | t, ta1]
+        } else {
+            vec![0xFF, t]
+        };
         pps.push(pps.iter().fold(0, |x, b| x ^ b));
         let r = self.transact(
             slot,
@@ -228,7 +276,7 @@ impl Shared {
             },
         )?;
         if !r.failed() && r.data() == pps.as_slice() {
-            return Ok(ta1);
+            return Ok(if faster { ta1 } else { 0x11 });
         }
         // a refused PPS leaves the card waiting for a reset (ISO 7816-3 §9.1)
         tracing::debug!(
@@ -240,6 +288,80 @@ impl Shared {
             return Err(reader_error("IccPowerOn after a refused PPS", &r));
         }
         Ok(0x11)
+    }
+
+    /// SetParameters T=1 (CCID §6.1.7, as libccid): Fi/Di, bmTCCKST1 `10` with the
+    /// convention bit (LRC), TC1 as the guard time, TB3 as BWI/CWI (default `4D`), no
+    /// clock stop, IFSC (TA3, default 32), NAD 0. A reader that cannot change a
+    /// parameter keeps its own, as for T=0.
+    fn set_parameters_t1(&mut self, slot: u8, fidi: u8, atr: &Atr) -> Result<(), TransportError> {
+        let inverse = atr.convention == Convention::Inverse;
+        let data = vec![
+            fidi,
+            0x10 | if inverse { 0x02 } else { 0x00 },
+            atr.extra_guard_time(),
+            atr.tb_t1().unwrap_or(0x4D),
+            0x00,
+            T1::new(atr.ifsc()).ifsc,
+            0x00,
+        ];
+        let r = self.transact(slot, CommandBody::SetParameters { protocol: 1, data })?;
+        if r.failed() && r.error >= 0x80 {
+            if r.status.icc() == IccStatus::Absent {
+                return Err(TransportError::NoCard);
+            }
+            return Err(reader_error("SetParameters T=1", &r));
+        }
+        Ok(())
+    }
+
+    /// One T=1 block to the card in `slot` and the card's block back, the answer
+    /// timeout stretched by a waiting time extension (`wtx`, 0 for none). A parity
+    /// error is an empty block (answered as a damaged one).
+    fn xfr_block(&mut self, slot: u8, block: &[u8], wtx: u8) -> Result<Vec<u8>, TransportError> {
+        let answer = self
+            .link
+            .timing()
+            .answer
+            .saturating_mul(u32::from(wtx.max(1)));
+        let r = self.link.transact_for(
+            slot,
+            CommandBody::XfrBlock {
+                bwi: wtx,
+                level_parameter: 0,
+                data: block.to_vec(),
+            },
+            answer,
+        );
+        if matches!(r, Err(TransportError::Io(_))) {
+            for s in &mut self.slots {
+                s.power = None;
+            }
+        }
+        let r = r?;
+        if r.failed() {
+            return Err(match (r.status.icc(), r.error) {
+                (IccStatus::Absent | IccStatus::PresentInactive, _) => {
+                    self.invalidate(slot);
+                    TransportError::CardRemoved
+                }
+                (_, error::XFR_PARITY_ERROR) => return Ok(Vec::new()),
+                (_, error::ICC_MUTE) => {
+                    self.invalidate(slot);
+                    TransportError::Timeout("the card did not answer".into())
+                }
+                (_, error::XFR_OVERRUN) => {
+                    self.invalidate(slot);
+                    TransportError::NoResponse
+                }
+                (_, error::CMD_SLOT_BUSY) => TransportError::Busy,
+                _ => reader_error("XfrBlock", &r),
+            });
+        }
+        match r.body {
+            ResponseBody::DataBlock { data, .. } => Ok(data),
+            _ => Err(reader_error("XfrBlock (no DataBlock)", &r)),
+        }
     }
 
     /// SetParameters T=0: Fi/Di, convention, extra guard time (TC1), WI (TC2), no
@@ -461,9 +583,51 @@ impl SerialTransaction<'_> {
     }
 }
 
+impl SerialTransaction<'_> {
+    /// The APDU whole in T=1 blocks, with the slot's T=1 state.
+    fn transmit_t1(
+        &mut self,
+        sh: &mut Shared,
+        mut state: T1,
+        command: &[u8],
+    ) -> Result<Vec<u8>, TransportError> {
+        let slot = self.handle.slot;
+        let r = {
+            let mut io = |block: &[u8], wtx: u8| sh.xfr_block(slot, block, wtx);
+            state.transceive(command, &mut io)
+        };
+        // a movement notice during the command: whatever the answer says, the card
+        // this transaction was on is not there as it was
+        if !sh.still_powered(slot) {
+            return Err(self.fail_card(sh));
+        }
+        match r {
+            Ok(answer) => {
+                if let Some(p) = sh.slot_mut(slot)?.power.as_mut() {
+                    p.t1 = Some(state);
+                }
+                if answer.len() < 2 {
+                    return Err(TransportError::NoResponse);
+                }
+                Ok(answer.to_vec())
+            }
+            Err(e) => {
+                // the block exchange failed: the state is that of the
+                // resynchronisation, or, when the card did not resynchronise, it is
+                // powered anew at the next transaction
+                if state.dead {
+                    sh.invalidate(slot);
+                } else if let Some(p) = sh.slot_mut(slot)?.power.as_mut() {
+                    p.t1 = Some(state);
+                }
+                Err(e)
+            }
+        }
+    }
+}
+
 impl RawTransaction for SerialTransaction<'_> {
     fn transmit_raw(&mut self, command: &[u8]) -> Result<Vec<u8>, TransportError> {
-        let tpdu = tpdu::t0_command(command)?;
         let slot = self.handle.slot;
         let mut sh = lock(&self.handle.shared);
         // the card of this transaction must still be the one powered
@@ -474,6 +638,21 @@ impl RawTransaction for SerialTransaction<'_> {
         if !same || !sh.still_powered(slot) {
             return Err(self.fail_card(&mut sh));
         }
+        let t1_state = sh
+            .slots
+            .get(slot as usize)
+            .and_then(|s| s.power.as_ref())
+            .and_then(|p| p.t1.clone());
+        if let Some(state) = t1_state {
+            if command.len() < 4 || command.len() > t1::MAX_COMMAND {
+                return Err(TransportError::Protocol(format!(
+                    "a command APDU of {} bytes",
+                    command.len()
+                )));
+            }
+            return self.transmit_t1(&mut sh, state, command);
+        }
+        let tpdu = tpdu::t0_command(command)?;
         let r = sh.transact(
             slot,
             CommandBody::XfrBlock {
@@ -597,6 +776,7 @@ mod tests {
     use super::super::ccid::CommandBody;
     use super::super::fake::{Bench, FakeCard};
     use super::super::frame;
+    use super::super::t1;
     use super::*;
     use crate::apdu::CommandApdu;
     use crate::transport::Transaction;
@@ -744,17 +924,126 @@ mod tests {
         assert_eq!(p[1].atr[..2], [0x3B, 0x6A]);
     }
 
+    fn t1_atr(ta1: u8, tc3: Option<u8>) -> Vec<u8> {
+        // TA1 TC1 TD1, TD1 = 81 (T=1), TD2 = 31 or B1 (TA3 TB3 [TC3], T=1)
+        let mut a = vec![0x3B, 0xD0, ta1, 0xFF, 0x81];
+        match tc3 {
+            Some(tc) => a.extend_from_slice(&[0x71, 0xFE, 0x45, tc]),
+            None => a.extend_from_slice(&[0x31, 0xFE, 0x45]),
+        }
+        let tck = a[1..].iter().fold(0u8, |x, b| x ^ b);
+        a.push(tck);
+        a
+    }
+
+    /// A T=1 card: S(IFS) confirmed, every I-block an APDU, READ RECORD answered with
+    /// its record number Le times, the rest `9000`.
+    fn t1_card(atr: &[u8]) -> FakeCard {
+        let mut card = FakeCard::with_atr(atr);
+        let mut ns = false;
+        card.answer = Box::new(move |raw| {
+            let answer = match t1::decode(raw) {
+                Ok((
+                    _,
+                    t1::Block::S {
+                        kind,
+                        response: false,
+                        inf,
+                    },
+                )) => t1::Block::S {
+                    kind,
+                    response: true,
+                    inf,
+                },
+                Ok((_, t1::Block::I { inf, .. })) => {
+                    let mut r = match inf.get(1) {
+                        Some(0xB2) => vec![inf[2]; usize::from(inf[4])],
+                        _ => Vec::new(),
+                    };
+                    r.extend_from_slice(&[0x90, 0x00]);
+                    ns = !ns;
+                    t1::Block::I {
+                        ns: !ns,
+                        more: false,
+                        inf: r,
+                    }
+                }
+                _ => t1::Block::R {
+                    nr: false,
+                    error: t1::RError::Other,
+                },
+            };
+            t1::encode(0, &answer)
+        });
+        card
+    }
+
     #[test]
-    fn t1_only_cards_are_refused_for_now() {
+    fn a_t1_card_powered_on_set_up_and_its_apdus_carried_whole() {
         let (b, r) = reader(Model::GemPcTwin);
-        let mut t1 = vec![0x3B, 0xDA, 0x11, 0xFF, 0x81, 0x31, 0xFE, 0x45];
-        t1.extend_from_slice(b"SSC-AES v1");
-        let tck = t1[1..].iter().fold(0u8, |x, b| x ^ b);
-        t1.push(tck);
-        b.insert(0, FakeCard::with_atr(&t1));
+        b.insert(0, t1_card(&t1_atr(0x11, None)));
+        let mut s = r.connect(0).unwrap();
+        let st = s.status().unwrap();
+        assert_eq!(st.protocol, Some(Protocol::T1));
+        // SetParameters T=1: Fi/Di 11, TCCKS 10, TC1 FF, TB3 45, no clock stop,
+        // IFSC FE (TA3), NAD 0; then S(IFS request) IFSD 254 (no PPS: T=1 is first)
+        assert!(b.fake().log.iter().any(|c| c.body
+            == CommandBody::SetParameters {
+                protocol: 1,
+                data: vec![0x11, 0x10, 0xFF, 0x45, 0, 0xFE, 0]
+            }));
+        assert_eq!(read_record(&mut s, 7).unwrap(), [7, 7, 7]);
+        assert_eq!(read_record(&mut s, 2).unwrap(), [2, 2, 2]);
+        let x = xfrs(&b);
+        assert_eq!(x[0], [0x00, 0xC1, 0x01, 0xFE, 0x3E]);
+        // the APDU whole, Le kept, N(S) 0 then 1
+        assert_eq!(x[1], [0x00, 0x00, 0x05, 0x00, 0xB2, 0x07, 0x04, 0x03, 0xB7]);
+        assert_eq!(x[2][..3], [0x00, 0x40, 0x05]);
+        // a power-on starts the T=1 state again: IFSD again, N(S) 0
+        s.reset().unwrap();
+        assert_eq!(read_record(&mut s, 1).unwrap(), [1, 1, 1]);
+        let x = xfrs(&b);
+        assert_eq!(x[3], [0x00, 0xC1, 0x01, 0xFE, 0x3E]);
+        assert_eq!(x[4][..3], [0x00, 0x00, 0x05]);
+        assert_eq!(power_ons(&b), 2);
+    }
+
+    fn read_record_le(card: &mut dyn CardTransport, n: u8, le: usize) -> Vec<u8> {
+        let mut tx = Transaction::begin(card).unwrap();
+        let r = tx
+            .transmit(&CommandApdu::new(0, 0xB2, n, 4).with_le(le).unwrap())
+            .unwrap();
+        r.data
+    }
+
+    #[test]
+    fn t1_cards_choice_of_protocol_pps_and_crc() {
+        // T=1 first with a faster TA1: a PPS for T=1 at that rate
+        let (b, r) = reader(Model::GemPcTwin);
+        b.insert(0, t1_card(&t1_atr(0x13, None)));
+        let mut s = r.connect(0).unwrap();
+        assert_eq!(xfrs(&b)[0], [0xFF, 0x11, 0x13, 0xFD]);
+        assert!(b.fake().log.iter().any(|c| matches!(&c.body,
+            CommandBody::SetParameters { protocol: 1, data } if data[0] == 0x13)));
+        assert_eq!(read_record_le(&mut s, 3, 2), [3, 3]);
+        // a CRC epilogue (TC3 = 01) is refused
+        let (b, r) = reader(Model::GemPcTwin);
+        b.insert(0, t1_card(&t1_atr(0x11, Some(0x01))));
         assert!(matches!(
             r.connect(0).err(),
-            Some(TransportError::Protocol(_))
+            Some(TransportError::Protocol(m)) if m.contains("CRC")
+        ));
+        // T=0 first and T=1 second: T=0, as before
+        let (b, r) = reader(Model::GemPcTwin);
+        b.insert(0, FakeCard::with_atr(&[0x3B, 0x80, 0x80, 0x01, 0x01]));
+        let mut s = r.connect(0).unwrap();
+        assert_eq!(s.status().unwrap().protocol, Some(Protocol::T0));
+        // a card that never confirms the IFSD is refused
+        let (b, r) = reader(Model::GemPcTwin);
+        b.insert(0, FakeCard::with_atr(&t1_atr(0x11, None)));
+        assert!(matches!(
+            r.connect(0).err(),
+            Some(TransportError::Protocol(m)) if m.contains("IFSD")
         ));
     }
 
