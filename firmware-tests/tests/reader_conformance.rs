@@ -75,10 +75,15 @@ fn assert_conforms(report: &Report, skips: &[(&str, &str)]) {
 
 const PIN_PAD: &str = "PIN pad entry";
 const SAM: &str = "SAM slot while the card slot is in a transaction";
+const CHAIN_61XX: &str = "61xx chain and GET RESPONSE";
 
 /// The suite through the project's serial backend on an emulated `model`.
 fn serial_backend(model: Model, args: &[&str]) -> Report {
-    let v = SerialVcard::start(model.name(), args);
+    serial_backend_with(SerialVcard::start(model.name(), args), model)
+}
+
+/// The suite through the project's serial backend on the emulated reader `v`.
+fn serial_backend_with(v: SerialVcard, model: Model) -> Report {
     let path = v.pty.to_string_lossy().to_string();
     let reader = SerialReader::open(&path, model).unwrap();
     let card = reader.connect(0).unwrap();
@@ -113,6 +118,17 @@ fn gemcore_pos_pro_with_a_psam_through_the_serial_backend() {
     }
     let r = serial_backend(Model::GemCorePosPro, &["--with-psam"]);
     assert_conforms(&r, &[(PIN_PAD, "no PIN pad")]);
+}
+
+#[test]
+fn a_t1_card_in_a_gemcore_pos_pro_with_a_psam_through_the_serial_backend() {
+    if real_reader_named() {
+        return;
+    }
+    let v = SerialVcard::start_t1("GemCorePOSPro", &["--with-psam"]);
+    let r = serial_backend_with(v, Model::GemCorePosPro);
+    assert_conforms(&r, &[(PIN_PAD, "no PIN pad"), (CHAIN_61XX, "speaks T=1")]);
+    assert!(r.to_text().contains("T=1"), "{}", r.to_text());
 }
 
 #[test]
@@ -166,6 +182,22 @@ fn gemcore_pos_pro_through_pcscd_and_libccid() {
     }
     let r = libccid("GemCorePOSPro");
     assert_conforms(&r, &[(PIN_PAD, "no PIN pad"), (SAM, "no PSAM")]);
+}
+
+#[test]
+fn a_t1_card_in_a_gempc_twin_through_pcscd_and_libccid() {
+    if real_reader_named() {
+        return;
+    }
+    let r = libccid("GemPCTwin-t1");
+    assert_conforms(
+        &r,
+        &[
+            (PIN_PAD, "no PIN pad"),
+            (SAM, "no SAM slot"),
+            (CHAIN_61XX, "speaks T=1"),
+        ],
+    );
 }
 
 #[test]
