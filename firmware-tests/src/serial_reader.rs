@@ -256,6 +256,9 @@ pub struct ReaderOptions {
     pub reinsert_after: Duration,
     /// Fault injection (none by default).
     pub faults: Faults,
+    /// The PSAM in slot 1 leaves and comes back with the card in slot 0 ([`SerialReader::move_card`]):
+    /// a test bed's reader then holds no PSAM while no test uses it.
+    pub sam_follows_card: bool,
 }
 
 impl Default for ReaderOptions {
@@ -263,6 +266,7 @@ impl Default for ReaderOptions {
         ReaderOptions {
             reinsert_after: Duration::from_millis(300),
             faults: Faults::default(),
+            sam_follows_card: false,
         }
     }
 }
@@ -474,6 +478,15 @@ impl SerialReader {
     /// Whether a card is in `slot`.
     pub fn is_present(&self, slot: usize) -> bool {
         self.slots.get(slot).is_some_and(|s| s.inserted)
+    }
+
+    /// The holder's card (slot 0) out (`present` false) or back in, as SIGUSR1 / SIGUSR2
+    /// do; with [`ReaderOptions::sam_follows_card`] the PSAM in slot 1 too.
+    pub fn move_card(&mut self, present: bool) {
+        self.set_present(0, present);
+        if self.opts.sam_follows_card {
+            self.set_present(1, present);
+        }
     }
 
     /// Take the card out of `slot` (`present` false) or put it back; false when the
@@ -1093,10 +1106,10 @@ pub fn serve(
         {
             let mut r = lock();
             if PULL.swap(false, Ordering::SeqCst) {
-                r.set_present(0, false);
+                r.move_card(false);
             }
             if PUSH.swap(false, Ordering::SeqCst) {
-                r.set_present(0, true);
+                r.move_card(true);
             }
             r.tick(Instant::now());
         }
@@ -1680,6 +1693,7 @@ mod fault_tests {
         let opts = ReaderOptions {
             reinsert_after: Duration::from_millis(10),
             faults,
+            ..Default::default()
         };
         let r = SerialReader::new(model, vec![Some(Box::new(card))], opts).unwrap();
         (r, runs)

@@ -76,9 +76,13 @@ fn read_and_pay_card(model: &str, slots: usize, atr: &[u8], protocol: Protocol) 
     drop(tx);
     drop(card);
 
-    // the other slots are empty
+    // a reader with SAM slots holds the test bed's PSAM in the first (it came with
+    // the card), the other slots are empty
     let ctx = PcscContext::establish().unwrap();
-    for r in &lease.readers()[1..] {
+    if let Some(sam) = lease.readers().get(1) {
+        wait_present(&ctx, sam, true, Duration::from_secs(5));
+    }
+    for r in lease.readers().iter().skip(2) {
         wait_present(&ctx, r, false, Duration::from_secs(1));
     }
 }

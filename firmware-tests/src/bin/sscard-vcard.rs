@@ -110,6 +110,11 @@ struct Args {
     /// The card in slot 0 starts out of the reader (SIGUSR2 puts it in).
     #[arg(long)]
     start_absent: bool,
+    /// With --with-psam: the PSAM leaves and comes back with the card in slot 0
+    /// (SIGUSR1, SIGUSR2, --start-absent), so that a test bed's reader holds no PSAM
+    /// while no test uses it.
+    #[arg(long, requires = "with_psam")]
+    sam_follows_card: bool,
     /// Fault (--serial-reader): flip a bit of the byte before the LRC of the Nth answer
     /// frame (`N`) or of every Nth (`every:N`). A frame resent on a NAK goes intact.
     #[arg(long, value_name = "HIT", help_heading = "Serial reader faults")]
@@ -325,10 +330,11 @@ fn serve_serial(a: &Args, card: Box<dyn VirtualCard>, what: &str) -> ! {
     let opts = ReaderOptions {
         reinsert_after: Duration::from_millis(a.reinsert_ms),
         faults: faults(a),
+        sam_follows_card: a.sam_follows_card,
     };
     let mut reader = SerialReader::new(model, cards, opts).unwrap_or_else(|e| fail(e));
     if a.start_absent {
-        reader.set_present(0, false);
+        reader.move_card(false);
     }
     let mut pty = Pty::open().unwrap_or_else(|e| fail(format!("pseudo-terminal: {e}")));
     if let Some(link) = &a.link {
