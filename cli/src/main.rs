@@ -8,7 +8,7 @@ mod cmd;
 mod exit;
 mod print;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 
 #[derive(Parser)]
 #[command(
@@ -61,6 +61,11 @@ enum Command {
     Keystore(cmd::keystore::Args),
     /// Personalize blank cards from records (issuing office), with an issuance journal.
     Personalize(cmd::personalize::Args),
+    /// Shell completions for bash, zsh, fish, elvish or powershell, on standard output
+    /// (e.g. `sscard completions bash > /usr/share/bash-completion/completions/sscard`).
+    Completions { shell: clap_complete::Shell },
+    /// The manual page (roff), on standard output (e.g. `sscard man | man -l -`).
+    Man,
 }
 
 fn main() {
@@ -84,6 +89,19 @@ fn main() {
         Command::Backup(a) => cmd::backup::run(a, &out),
         Command::Keystore(a) => cmd::keystore::run(a, &out),
         Command::Personalize(a) => cmd::personalize::run(a, &out),
+        Command::Completions { shell } => {
+            clap_complete::generate(shell, &mut Cli::command(), "sscard", &mut std::io::stdout());
+            Ok(())
+        }
+        Command::Man => {
+            match clap_mangen::Man::new(Cli::command()).render(&mut std::io::stdout()) {
+                // `sscard man | head`: the reader went away, nothing more to say
+                Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+                    Err(exit::CliError::new(5, format!("standard output: {e}")))
+                }
+                _ => Ok(()),
+            }
+        }
     };
     if let Err(e) = result {
         out.error(&e);

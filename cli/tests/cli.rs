@@ -730,3 +730,31 @@ fn pin_verify_change_and_the_offices_reload() {
     let (code, out, _) = pin("verify", "8642\n", &[]);
     assert_eq!(code, 0, "{out}");
 }
+
+#[test]
+fn completions_and_the_manual_page_come_from_the_same_definitions() {
+    let (code, out, _) = sscard(&["completions", "bash"]);
+    assert_eq!(code, 0);
+    for sub in ["readers", "watch", "apdu", "script", "info", "pin"] {
+        assert!(out.contains(sub), "bash completion lacks {sub}");
+    }
+    let (code, out, _) = sscard(&["completions", "zsh"]);
+    assert_eq!(code, 0);
+    assert!(
+        out.contains("#compdef sscard"),
+        "{}",
+        &out[..out.len().min(200)]
+    );
+    let (code, out, _) = sscard(&["man"]);
+    assert_eq!(code, 0);
+    assert!(
+        out.contains(".TH sscard 1"),
+        "{}",
+        &out[..out.len().min(200)]
+    );
+    assert!(
+        out.contains("sscard\\-watch") || out.contains("watch"),
+        "the subcommands are listed"
+    );
+    assert_eq!(sscard(&["completions", "tcsh"]).0, 2);
+}
