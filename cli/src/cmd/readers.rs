@@ -1,7 +1,7 @@
 //! `sscard readers`: the PC/SC readers, and the serial readers named with `--serial`,
 //! whether a card is in each (every slot of a serial reader), its ATR, and whether the
-//! reader has a PIN pad (PC/SC part 10 `FEATURE_VERIFY_PIN_DIRECT`, or the serial
-//! model's).
+//! reader has a PIN pad (PC/SC part 10 `FEATURE_VERIFY_PIN_DIRECT`, asked on the
+//! card's connection, so unknown for an empty PC/SC reader; or the serial model's).
 
 use crate::exit::CliError;
 use crate::print::Printer;
@@ -21,7 +21,13 @@ pub struct Args {
 }
 
 /// One line of the listing.
-fn entry(name: &str, backend: &str, present: bool, atr: &[u8], pin_pad: bool) -> (Value, String) {
+fn entry(
+    name: &str,
+    backend: &str,
+    present: bool,
+    atr: &[u8],
+    pin_pad: Option<bool>,
+) -> (Value, String) {
     let v = json!({"name": name, "backend": backend, "card_present": present,
                    "atr": hex::encode_upper(atr), "pin_pad": pin_pad});
     let t = format!(
@@ -31,7 +37,11 @@ fn entry(name: &str, backend: &str, present: bool, atr: &[u8], pin_pad: bool) ->
         } else {
             "empty".into()
         },
-        if pin_pad { "\tPIN pad" } else { "" }
+        if pin_pad == Some(true) {
+            "\tPIN pad"
+        } else {
+            ""
+        }
     );
     (v, t)
 }
@@ -53,7 +63,7 @@ fn serial(spec: &str) -> Result<Vec<(Value, String)>, TransportError> {
         } else {
             p.atr
         };
-        let (mut v, t) = entry(&name, "serial", p.present, &atr, model.pin_pad());
+        let (mut v, t) = entry(&name, "serial", p.present, &atr, Some(model.pin_pad()));
         v["slot"] = json!(p.slot);
         v["firmware"] = json!(r.firmware());
         out.push((v, t));
@@ -68,7 +78,12 @@ pub fn run(a: Args, out: &Printer) -> Result<(), CliError> {
     let pcsc = PcscContext::establish().and_then(|ctx| Ok((ctx.reader_states()?, ctx)));
     match pcsc {
         Ok((readers, ctx)) => rows.extend(readers.iter().map(|r| {
-            let pad = ctx.reader_features(&r.name).pin_pad();
+            // asked on the card's connection: unknown (null) without a card
+            let pad = if r.card_present {
+                ctx.reader_features(&r.name).map(|f| f.pin_pad())
+            } else {
+                None
+            };
             entry(&r.name, "pcsc", r.card_present, &r.atr, pad)
         })),
         Err(e) if a.serial.is_empty() => return Err(e.into()),

@@ -446,7 +446,7 @@ pub fn pin_source<T>(
 ) -> Result<PinSource<T>, ApiError> {
     let picked = c.st.readers.pick(reader.map(|r| r.0.as_str()));
     match (pin, picked) {
-        (Some(_), Ok(r)) if r.pin_pad && c.st.config().require_pin_pad => {
+        (Some(_), Ok(r)) if r.pin_pad() && c.st.config().require_pin_pad => {
             Err(ApiError::params(format!(
                 "{field}: reader {} has a PIN pad and require_pin_pad is set: send no PIN, \
                  the holder types it on the pad",
@@ -454,7 +454,7 @@ pub fn pin_source<T>(
             )))
         }
         (Some(p), _) => Ok(PinSource::Sent(p)),
-        (None, Ok(r)) if r.pin_pad => Ok(PinSource::Pad { reader: r.name }),
+        (None, Ok(r)) if r.pin_pad() => Ok(PinSource::Pad { reader: r.name }),
         (None, Ok(r)) => Err(ApiError::params(format!(
             "{field}: required (reader {} has no PIN pad)",
             r.name

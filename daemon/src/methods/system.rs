@@ -120,7 +120,7 @@ pub async fn reader_list(c: &mut Call<'_>, _: NoParams) -> Result<Value, ApiErro
             .map(|r| {
                 let (present, atr) = r.presence();
                 let mut v = json!({"name": r.name, "backend": r.backend, "card_present": present,
-                                   "atr": hex::encode_upper(atr), "pin_pad": r.pin_pad});
+                                   "atr": hex::encode_upper(atr), "pin_pad": r.pin_pad()});
                 if let Some(s) = r.slot {
                     v["slot"] = json!(s);
                 }

@@ -54,6 +54,10 @@ struct Shared {
     changes: AtomicU64,
     /// Jobs of callers queued and not yet started.
     waiting: AtomicUsize,
+    /// The reader has a PIN pad: what the source said (a serial model's), or what the
+    /// reader answered on the card's connection (PC/SC part 10 features, asked when a
+    /// card is connected).
+    pin_pad: AtomicBool,
 }
 
 /// Given to a background job: whether a caller's job is waiting for the reader, so
@@ -74,9 +78,6 @@ pub struct ReaderHandle {
     pub backend: &'static str,
     /// The slot of a multi-slot (serial) reader.
     pub slot: Option<u8>,
-    /// The reader has a PIN pad (api.md 1.1): a call without `pin` has the holder type
-    /// on it.
-    pub pin_pad: bool,
     jobs: mpsc::UnboundedSender<Job>,
     tracked: Arc<Mutex<(bool, Vec<u8>)>>,
     live: Option<LivePresence>,
@@ -93,6 +94,12 @@ impl std::fmt::Debug for ReaderHandle {
 }
 
 impl ReaderHandle {
+    /// The reader has a PIN pad (api.md 1.1): a call without `pin` has the holder type
+    /// on it. A PC/SC reader's pad is known once a card has been connected in it.
+    pub fn pin_pad(&self) -> bool {
+        self.shared.pin_pad.load(Ordering::SeqCst)
+    }
+
     /// Whether a card is in the reader, and its ATR.
     pub fn presence(&self) -> (bool, Vec<u8>) {
         match &self.live {
@@ -211,7 +218,11 @@ impl Slot {
         if !same {
             self.cache = None;
             self.transport = None;
-            self.transport = Some(self.connector.connect()?);
+            let t = self.connector.connect()?;
+            if t.capabilities().pin_pad {
+                self.shared.pin_pad.store(true, Ordering::SeqCst);
+            }
+            self.transport = Some(t);
         }
         self.suspect = false;
         Ok(())
@@ -361,6 +372,7 @@ impl Readers {
                 let shared = Arc::new(Shared {
                     changes: AtomicU64::new(0),
                     waiting: AtomicUsize::new(0),
+                    pin_pad: AtomicBool::new(pin_pad),
                 });
                 let (n, sh) = (name.clone(), shared.clone());
                 let task = tokio::task::spawn_blocking(move || reader_task(n, connector, sh, rx));
@@ -372,7 +384,6 @@ impl Readers {
                     name: name.clone(),
                     backend,
                     slot,
-                    pin_pad,
                     jobs: tx,
                     tracked: Arc::new(Mutex::new((false, Vec::new()))),
                     live,

@@ -83,9 +83,11 @@ impl ReaderSource for PcscSource {
         for e in events {
             match e {
                 ReaderEvent::ReaderAdded(name) if !self.ignored(&name) => {
-                    let pin_pad = ctx.reader_features(&name).pin_pad();
+                    // a PC/SC reader's pad is learnt on the card's connection (a direct
+                    // connection without a card upsets some drivers: vpcd keeps a pulled
+                    // card present)
                     out.push(SourceEvent::ReaderAdded {
-                        pin_pad,
+                        pin_pad: false,
                         connector: Box::new(PcscConnector {
                             ctx: None,
                             name: name.clone(),

@@ -25,7 +25,8 @@ pub enum SourceEvent {
         live: Option<LivePresence>,
         /// The slot of a multi-slot reader (a serial reader's), for `reader.list`.
         slot: Option<u8>,
-        /// The reader has a PIN pad the holder types on (api.md 1.1 `pin_pad`).
+        /// The reader has a PIN pad the holder types on (api.md 1.1 `pin_pad`), as far
+        /// as the source knows (a PC/SC reader's is learnt when a card is connected).
         pin_pad: bool,
     },
     ReaderRemoved(String),

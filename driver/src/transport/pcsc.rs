@@ -150,22 +150,14 @@ impl PcscContext {
         })
     }
 
-    /// The part 10 features of `reader`, card or no card: a direct connection
-    /// (`SCARD_SHARE_DIRECT`, no protocol) asks GET_FEATURE_REQUEST and is closed.
-    /// None when the reader refuses a direct connection.
-    pub fn reader_features(&self, reader: &str) -> Features {
-        let Ok(name) = CString::new(reader) else {
-            return Features::default();
-        };
-        match self
-            .with_ctx(|c| c.connect(&name, pcsc::ShareMode::Direct, pcsc::Protocols::UNDEFINED))
-        {
-            Ok(card) => features(&card),
-            Err(e) => {
-                tracing::debug!(reader, "no direct connection for its features: {e}");
-                Features::default()
-            }
-        }
+    /// The part 10 features of `reader`, asked on a shared connection to the card in it;
+    /// `None` when there is no card (or no connection). Not on a direct connection
+    /// without a card (`SCARD_SHARE_DIRECT`): vpcd then goes on reporting a card that
+    /// was pulled.
+    pub fn reader_features(&self, reader: &str) -> Option<Features> {
+        self.connect(reader, ShareMode::Shared, None)
+            .ok()
+            .map(|c| c.features)
     }
 
     /// A monitor for reader and card events, on a PC/SC context of its own: pcsc-lite
