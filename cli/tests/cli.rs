@@ -1,7 +1,7 @@
 //! The `sscard` binary end to end: through the private pcscd with a virtual card, and
 //! with no pcscd at all. Run under `scripts/with-pcscd` (scripts/test does).
 
-use sscard_firmware_tests::testbed::{bin_path, Vcard};
+use sscard_firmware_tests::testbed::{bin_path, SlotLease, Vcard};
 use std::process::Command;
 
 fn sscard(args: &[&str]) -> (i32, String, String) {
@@ -16,9 +16,17 @@ fn sscard(args: &[&str]) -> (i32, String, String) {
     )
 }
 
+/// Every vpcd slot, held: `sscard readers` connects to the cards in PC/SC readers (to
+/// ask their PIN pad features), and another test's card coming or going in vpcd
+/// meanwhile can be missed by pcscd.
+fn every_slot() -> Vec<SlotLease> {
+    SlotLease::acquire_all()
+}
+
 #[test]
 fn reads_the_virtual_card_through_pcscd() {
-    let v = Vcard::start(&["--t0"]);
+    let mut slots = every_slot();
+    let v = Vcard::start_in(slots.remove(0), &["--t0"]);
     let (code, out, err) = sscard(&["read", "--reader", v.reader()]);
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("张三"), "{out}");
@@ -407,6 +415,7 @@ fn weeks_ago(weeks: u64) -> chrono::DateTime<chrono::Utc> {
 #[test]
 fn readers_says_which_reader_has_a_pin_pad() {
     use sscard_firmware_tests::testbed::SerialVcard;
+    let _slots = every_slot();
     let v = SerialVcard::start("GemPCPinPad", &[]);
     let spec = format!("{}:GemPCPinPad", v.pty.display());
     let (code, out, err) = sscard(&["--json", "readers", "--serial", &spec]);
@@ -432,6 +441,7 @@ fn readers_says_which_reader_has_a_pin_pad() {
 #[test]
 fn readers_lists_every_slot_of_a_serial_reader() {
     use sscard_firmware_tests::testbed::SerialVcard;
+    let _slots = every_slot();
     let v = SerialVcard::start("GemCorePOSPro", &[]);
     let spec = format!("{}:GemCorePOSPro", v.pty.display());
     let (code, out, err) = sscard(&["--json", "readers", "--serial", &spec]);
