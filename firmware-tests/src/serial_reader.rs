@@ -46,11 +46,14 @@
 //!   what libccid's `openct/proto-t1.c` sends one block an XfrBlock (first S(IFS
 //!   request) IFSD 254, `00 C1 01 FE 3E`). The command APDU reaches the card whole,
 //!   Le and all;
-//! - Secure (PIN pad): not yet. The GemPC PinPad model declares the pad but answers
-//!   every `PC_to_RDR_Secure` with "command failed, command not supported" for now.
-//!   (libccid 1.5.2 does not open an echoing GemPC PinPad anyway: the echo of the
-//!   165-byte escape that loads the pad's display strings overflows the 30-byte answer
-//!   buffer it reads into, "Wrong value for frame size: 175"; docs/emulator.md.)
+//! - Secure (PIN pad, the GemPC PinPad model only): PIN verification and modification
+//!   ([`SerialReader::secure`] says how), the holder's keys taken from a file
+//!   ([`ReaderOptions::keypad`], [`Keys`]); and the escape `B2 A0 00 4D 4C` with ten
+//!   16-byte strings that libccid sends to load the pad's prompts, answered with no
+//!   data. libccid 1.5.2 reads an echo into the buffer of the answer it expects and
+//!   gives up when the echo is longer ("Wrong value for frame size: 175" for that
+//!   escape's echo in its 30-byte buffer), so a GemPC PinPad for libccid runs with
+//!   [`ReaderOptions::echo_limit`] (docs/emulator.md).
 //!
 //! Fault injection, for the project's own serial backend's tests ([`Faults`], and
 //! `sscard-vcard --serial-reader`'s fault flags): answer frames with a byte corrupted
@@ -62,6 +65,8 @@
 
 use crate::serial_t1::{CardT1, Step};
 use crate::{Reply, VirtualCard};
+use sscard_driver::status::StatusWord;
+use sscard_driver::transport::pinpad::{self, PadRequest};
 use sscard_driver::transport::serial::ccid::{
     error, CcidError, Command, CommandBody, CommandStatus, IccStatus, Response, ResponseBody,
     Status, RDR_TO_PC_ESCAPE, RDR_TO_PC_PARAMETERS, RDR_TO_PC_SLOT_STATUS,
@@ -74,6 +79,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use zeroize::{Zeroize, Zeroizing};
 
 /// The reader models libccid knows by the name after the colon in `DEVICENAME`
 /// (`set_ccid_descriptor` in `ccid_serial.c`).
@@ -84,7 +90,9 @@ pub enum Model {
     /// Five slots (`bMaxSlotIndex` 4) on one port, echo off; libccid keeps one `bSeq`
     /// counter for the port.
     GemCorePosPro,
-    /// One slot, echo on, a keypad (`bPINSupport` 3): the keypad is not emulated yet.
+    /// One slot, echo on, a keypad (`bPINSupport` 3): PIN verification and
+    /// modification (`PC_to_RDR_Secure`), the holder's keys read from
+    /// [`ReaderOptions::keypad`].
     GemPcPinPad,
 }
 
@@ -259,6 +267,18 @@ pub struct ReaderOptions {
     /// The PSAM in slot 1 leaves and comes back with the card in slot 0 ([`SerialReader::move_card`]):
     /// a test bed's reader then holds no PSAM while no test uses it.
     pub sam_follows_card: bool,
+    /// What the holder types on the keypad (the PIN pad model): the file's first line,
+    /// read at each `PC_to_RDR_Secure` ([`Keys::parse`]); no file, or no line, is a
+    /// holder who types nothing (the pad times out).
+    pub keypad: Option<PathBuf>,
+    /// How long the holder takes to type: the Secure's answer is held back this long,
+    /// in silence, as a real pad is silent while it prompts.
+    pub keypad_typing: Duration,
+    /// Echo a command frame whose message is longer than this as its 10-byte header
+    /// alone (dwLength 0). libccid reads the echo into the buffer of the answer it
+    /// expects and gives up when the echo is longer; the GemPC PinPad's 165-byte
+    /// escape that loads its prompts then fails (docs/emulator.md).
+    pub echo_limit: Option<usize>,
 }
 
 impl Default for ReaderOptions {
@@ -267,6 +287,70 @@ impl Default for ReaderOptions {
             reinsert_after: Duration::from_millis(300),
             faults: Faults::default(),
             sam_follows_card: false,
+            keypad: None,
+            keypad_typing: Duration::ZERO,
+            echo_limit: None,
+        }
+    }
+}
+
+/// What the holder does at one PIN prompt: type PINs (each a PIN's digits, values 0 to
+/// 9, in the order the pad asks for them), press Cancel, or type nothing.
+#[derive(Clone, PartialEq, Eq)]
+pub enum Keys {
+    Pins(Vec<Zeroizing<Vec<u8>>>),
+    Cancel,
+    Timeout,
+}
+
+impl std::fmt::Debug for Keys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            // the digits are PINs, even in an emulator
+            Keys::Pins(p) => write!(f, "Pins({} entries)", p.len()),
+            Keys::Cancel => f.write_str("Cancel"),
+            Keys::Timeout => f.write_str("Timeout"),
+        }
+    }
+}
+
+impl Keys {
+    /// A keypad line: `cancel`, `timeout`, or PINs separated by spaces (a PIN change
+    /// is `current new new-again`). A key that is no digit makes the entry's length
+    /// wrong, as a pad refuses it; an empty line is a timeout.
+    pub fn parse(line: &str) -> Keys {
+        let line = line.trim();
+        match line {
+            "" | "timeout" => Keys::Timeout,
+            "cancel" => Keys::Cancel,
+            _ => Keys::Pins(
+                line.split_whitespace()
+                    .map(|t| {
+                        Zeroizing::new(
+                            t.bytes()
+                                .map(|b| if b.is_ascii_digit() { b - b'0' } else { 0xFF })
+                                .collect(),
+                        )
+                    })
+                    .collect(),
+            ),
+        }
+    }
+
+    /// The first line of `path` (what the holder types next); no file is a timeout.
+    pub fn read(path: Option<&Path>) -> Keys {
+        let Some(path) = path else {
+            return Keys::Timeout;
+        };
+        match std::fs::read_to_string(path) {
+            Ok(text) => {
+                let text = Zeroizing::new(text);
+                Keys::parse(text.lines().next().unwrap_or(""))
+            }
+            Err(e) => {
+                tracing::debug!("keypad file {}: {e}", path.display());
+                Keys::Timeout
+            }
         }
     }
 }
@@ -355,6 +439,8 @@ pub struct SerialReader {
     /// hold waiting for the card's next I-block.
     hold: Option<Duration>,
     t1_hold: Option<Duration>,
+    /// PIN entries the pad ran (`PC_to_RDR_Secure` commands it took up).
+    secures: u32,
 }
 
 /// What the reader does on the line, in order ([`SerialReader::receive_timed`]).
@@ -421,6 +507,7 @@ impl SerialReader {
             t1_answers: 0,
             hold: None,
             t1_hold: None,
+            secures: 0,
         })
     }
 
@@ -447,6 +534,11 @@ impl SerialReader {
     /// XfrBlocks received since the faults were last set.
     pub fn xfr_blocks(&self) -> u32 {
         self.xfrs
+    }
+
+    /// PIN entries the pad ran so far (a Secure it refused is none).
+    pub fn pin_entries(&self) -> u32 {
+        self.secures
     }
 
     /// Whether the reader echoes command frames (the model's way, or the fault's).
@@ -571,7 +663,14 @@ impl SerialReader {
             return None;
         }
         if self.echoes() {
-            out.bytes(&frame::encode(message));
+            match self.opts.echo_limit {
+                Some(limit) if message.len() > limit && message.len() >= 10 => {
+                    let mut header = message[..10].to_vec();
+                    header[1..5].fill(0);
+                    out.bytes(&frame::encode(&header));
+                }
+                _ => out.bytes(&Zeroizing::new(frame::encode(message))),
+            }
         }
         let answer = match Command::decode(message) {
             Ok(c) => {
@@ -685,6 +784,9 @@ impl SerialReader {
     }
 
     fn answer(&mut self, c: &Command) -> Response {
+        if let CommandBody::Secure { data, .. } = &c.body {
+            return self.secure(c, data);
+        }
         let Some(slot) = self.slots.get_mut(usize::from(c.slot)) else {
             // bError: the offset of the bad field, bSlot
             return reply(c, Status::new(IccStatus::Absent, CommandStatus::Failed), 5);
@@ -698,6 +800,13 @@ impl SerialReader {
                     [0x02] => with_data(c, status, self.model.firmware().as_bytes().to_vec()),
                     [0x01, 0x01, 0x01] => {
                         self.notify = true;
+                        with_data(c, status, Vec::new())
+                    }
+                    // the pad's prompts (libccid's `ccid_open_hack_post`: B2 A0 00 4D
+                    // 4C, then ten 16-byte strings): taken, not shown
+                    [0xB2, 0xA0, 0x00, 0x4D, 0x4C, strings @ ..]
+                        if self.model == Model::GemPcPinPad && strings.len() == 160 =>
+                    {
                         with_data(c, status, Vec::new())
                     }
                     other => {
@@ -841,11 +950,82 @@ impl SerialReader {
                     }
                 }
             }
-            CommandBody::Secure { .. } => {
-                // the PIN pad comes later: every Secure fails for now
-                reply(c, failed(slot), error::CMD_NOT_SUPPORTED)
-            }
+            // answered by [`SerialReader::secure`]
+            CommandBody::Secure { .. } => reply(c, failed(slot), error::CMD_NOT_SUPPORTED),
         }
+    }
+
+    /// `PC_to_RDR_Secure` (CCID §6.1.11): the pad prompts, reads the holder's keys
+    /// ([`ReaderOptions::keypad`]), fills the APDU's PIN blocks and sends it to the
+    /// card: its answer, or the pad's own (bError `EF` cancelled, `F0` timeout; the
+    /// status words `6402` and `6403` for PINs that differ or have a wrong length, as
+    /// 2 bytes in the DataBlock whatever the protocol, which libccid passes on).
+    /// For a T=1 card the reader puts the block prologue the host sent
+    /// (bTeoPrologue) and an EDC around the APDU and answers the card's whole block.
+    fn secure(&mut self, c: &Command, data: &[u8]) -> Response {
+        let Some(slot) = self.slots.get(usize::from(c.slot)) else {
+            return reply(c, Status::new(IccStatus::Absent, CommandStatus::Failed), 5);
+        };
+        let failed = Status::new(slot.icc(), CommandStatus::Failed);
+        if self.model != Model::GemPcPinPad {
+            return reply(c, failed, error::CMD_NOT_SUPPORTED);
+        }
+        if !slot.powered || !slot.inserted {
+            return reply(c, failed, error::ICC_MUTE);
+        }
+        let request = match PadRequest::parse_ccid(data) {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::debug!("Secure refused: {e}");
+                // bError: the offset of abData
+                return reply(c, failed, 10);
+            }
+        };
+        let protocol = slot.protocol;
+        self.secures = self.secures.saturating_add(1);
+        let keys = Keys::read(self.opts.keypad.as_deref());
+        tracing::debug!(purpose = ?request.purpose(), "PIN pad: {keys:?}");
+        if !self.opts.keypad_typing.is_zero() {
+            self.hold = Some(self.opts.keypad_typing);
+        }
+        let pins = match keys {
+            Keys::Cancel => return reply(c, failed, pinpad::CCID_PIN_CANCELLED),
+            Keys::Timeout => return reply(c, failed, pinpad::CCID_PIN_TIMEOUT),
+            Keys::Pins(p) => p,
+        };
+        let entries: Vec<&[u8]> = pins.iter().map(|p| p.as_slice()).collect();
+        let apdu = match request.fill(&entries) {
+            Ok(a) => a,
+            Err(e) => {
+                let sw = StatusWord::PinEntry(e).code().to_be_bytes();
+                let ok = Status::new(slot.icc(), CommandStatus::Ok);
+                return with_data(c, ok, sw.to_vec());
+            }
+        };
+        let mut tpdu = Zeroizing::new(Vec::with_capacity(apdu.len() + 4));
+        if protocol == 1 {
+            tpdu.extend_from_slice(&request.teo_prologue);
+            tpdu.extend_from_slice(&apdu);
+            let edc = tpdu.iter().fold(0u8, |a, b| a ^ b);
+            tpdu.push(edc);
+        } else {
+            tpdu.extend_from_slice(&apdu);
+        }
+        // the card sees an exchange as from XfrBlock; the answer keeps the Secure's seq
+        let mut xfr = Command {
+            slot: c.slot,
+            seq: c.seq,
+            body: CommandBody::XfrBlock {
+                bwi: 0,
+                level_parameter: 0,
+                data: tpdu.to_vec(),
+            },
+        };
+        let r = self.answer(&xfr);
+        if let CommandBody::XfrBlock { data, .. } = &mut xfr.body {
+            data.zeroize();
+        }
+        r
     }
 }
 
@@ -1522,16 +1702,22 @@ mod tests {
         let mut h = Host { seq: 0, echo: true };
         let (e, _) = h.send(&mut r, 0, CommandBody::Escape { data: vec![0x6A] });
         assert_eq!((e.failed(), e.error), (true, error::CMD_NOT_SUPPORTED));
-        let (s, _) = h.send(
-            &mut r,
-            0,
-            CommandBody::Secure {
-                bwi: 0,
-                level_parameter: 0,
-                data: vec![0x00],
-            },
-        );
+        h.send(&mut r, 0, CommandBody::IccPowerOn { power_select: 0 });
+        // a PIN structure cut short: bError names abData
+        let (s, _) = h.send(&mut r, 0, secure(vec![0x00]));
+        assert_eq!((s.failed(), s.error), (true, 10));
+        // a reader without a keypad has no Secure
+        let mut twin = SerialReader::new(
+            Model::GemPcTwin,
+            vec![Some(card())],
+            ReaderOptions::default(),
+        )
+        .unwrap();
+        let mut h = Host { seq: 0, echo: true };
+        h.send(&mut twin, 0, CommandBody::IccPowerOn { power_select: 0 });
+        let (s, _) = h.send(&mut twin, 0, secure(PadRequest::verify(30).ccid_bytes()));
         assert_eq!((s.failed(), s.error), (true, error::CMD_NOT_SUPPORTED));
+        assert_eq!(twin.pin_entries(), 0);
         // an unknown message type, and a header whose dwLength lies: failed answers
         for msg in [
             vec![0x99, 0, 0, 0, 0, 0, 3, 0, 0, 0],
@@ -1548,6 +1734,204 @@ mod tests {
             assert!(resp.failed());
             assert_eq!(resp.seq, msg[6]);
         }
+    }
+
+    fn secure(data: Vec<u8>) -> CommandBody {
+        CommandBody::Secure {
+            bwi: 0,
+            level_parameter: 0,
+            data,
+        }
+    }
+
+    /// A PIN pad reader holding the test card (T=0 or T=1), its keypad a file.
+    fn pad(t0: bool, opts: ReaderOptions) -> (SerialReader, Host) {
+        let card = EmulatedCard::new(
+            &Personalization::default_test_card(),
+            Knobs {
+                t0,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        let mut r =
+            SerialReader::new(Model::GemPcPinPad, vec![Some(Box::new(card))], opts).unwrap();
+        let mut h = Host { seq: 0, echo: true };
+        start(&mut r, &mut h);
+        h.send(&mut r, 0, CommandBody::IccPowerOn { power_select: 0 });
+        // the application selected (card profile §3), in the card's protocol
+        let select = "00A404000F7378312E73682EC9E7BBE1B1A3D5CF";
+        let answer = if t0 {
+            h.xfr(&mut r, 0, select)
+        } else {
+            let mut block = hex::decode(format!("000014{select}")).unwrap();
+            block.push(block.iter().fold(0, |x, y| x ^ y));
+            let b = h.xfr(&mut r, 0, &hex::encode(block));
+            assert_eq!(&b[..2], &[0x00, 0x00], "the card's first I-block");
+            b[3..b.len() - 1].to_vec()
+        };
+        assert!(matches!(answer.first(), Some(0x61 | 0x90)), "{answer:02X?}");
+        (r, h)
+    }
+
+    fn keypad_opts(dir: &tempfile::TempDir) -> (ReaderOptions, PathBuf) {
+        let path = dir.path().join("keypad");
+        let opts = ReaderOptions {
+            keypad: Some(path.clone()),
+            ..Default::default()
+        };
+        (opts, path)
+    }
+
+    #[test]
+    fn the_pad_fills_the_card_profiles_pin_blocks_and_answers_for_itself() {
+        let dir = tempfile::tempdir().unwrap();
+        let (opts, keys) = keypad_opts(&dir);
+        let (mut r, mut h) = pad(true, opts);
+        let verify = PadRequest::verify(30).ccid_bytes();
+        let change = PadRequest::change(30).ccid_bytes();
+        let mut run = |r: &mut SerialReader, typed: Option<&str>, data: &[u8]| {
+            match typed {
+                Some(t) => std::fs::write(&keys, format!("{t}\nignored\n")).unwrap(),
+                None => {
+                    let _ = std::fs::remove_file(&keys);
+                }
+            }
+            let (a, _) = h.send(r, 0, secure(data.to_vec()));
+            (a.failed(), a.error, hex::encode_upper(a.data()))
+        };
+        let ok = (false, 0, "9000".to_string());
+        assert_eq!(run(&mut r, Some("123456"), &verify), ok);
+        assert_eq!(
+            run(&mut r, Some("000000"), &verify),
+            (false, 0, "63C2".into()),
+            "the card's own answer"
+        );
+        // the pad's own answers: the card sees nothing, no try is spent
+        for (typed, want) in [
+            (
+                Some("cancel"),
+                (true, pinpad::CCID_PIN_CANCELLED, String::new()),
+            ),
+            (
+                Some("timeout"),
+                (true, pinpad::CCID_PIN_TIMEOUT, String::new()),
+            ),
+            (Some(""), (true, pinpad::CCID_PIN_TIMEOUT, String::new())),
+            (None, (true, pinpad::CCID_PIN_TIMEOUT, String::new())),
+            (Some("123"), (false, 0, "6403".into())),
+            (Some("1234567890123"), (false, 0, "6403".into())),
+            (Some("12a456"), (false, 0, "6403".into())),
+            (Some("123456 123456"), (false, 0, "6403".into())),
+        ] {
+            assert_eq!(run(&mut r, typed, &verify), want, "{typed:?}");
+        }
+        assert_eq!(run(&mut r, Some("000000"), &verify).2, "63C1");
+        assert_eq!(run(&mut r, Some("123456"), &verify), ok);
+        // a change: current, new, new again
+        assert_eq!(
+            run(&mut r, Some("123456 2468 2469"), &change),
+            (false, 0, "6402".into())
+        );
+        assert_eq!(run(&mut r, Some("123456 2468"), &change).2, "6403");
+        assert_eq!(run(&mut r, Some("123456 2468 2468"), &change), ok);
+        assert_eq!(run(&mut r, Some("123456"), &verify).2, "63C2");
+        assert_eq!(run(&mut r, Some("2468"), &verify), ok);
+        assert_eq!(r.pin_entries(), 17);
+    }
+
+    #[test]
+    fn a_t1_card_gets_the_hosts_prologue_and_answers_a_whole_block() {
+        let dir = tempfile::tempdir().unwrap();
+        let (opts, keys) = keypad_opts(&dir);
+        let (mut r, mut h) = pad(false, opts);
+        std::fs::write(&keys, "123456\n").unwrap();
+        for (ns, pcb) in [(0x40, 0x40), (0x00, 0x00)] {
+            let mut req = PadRequest::verify(30);
+            // NAD 0, an I-block with N(S), LEN: the APDU's 11 bytes
+            req.teo_prologue = [0x00, ns, 0x0B];
+            let (a, _) = h.send(&mut r, 0, secure(req.ccid_bytes()));
+            assert!(!a.failed(), "{a:?}");
+            let b = a.data();
+            assert_eq!(&b[..3], &[0x00, pcb, 0x02], "the card's I-block");
+            assert_eq!(&b[3..5], &[0x90, 0x00]);
+            assert_eq!(b[5], b[..5].iter().fold(0, |x, y| x ^ y), "its LRC");
+        }
+        // the pad's own status word is 2 bytes, no block, as libccid expects
+        std::fs::write(&keys, "12\n").unwrap();
+        let (a, _) = h.send(&mut r, 0, secure(PadRequest::verify(30).ccid_bytes()));
+        assert_eq!(a.data(), &[0x64, 0x03]);
+    }
+
+    #[test]
+    fn libccids_prompt_strings_are_taken_and_a_long_echo_is_cut_to_its_header() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut opts, keys) = keypad_opts(&dir);
+        opts.keypad_typing = Duration::from_millis(1500);
+        let (mut r, mut h) = pad(true, opts);
+        r.opts.echo_limit = Some(20);
+        let mut l10n = vec![0xB2, 0xA0, 0x00, 0x4D, 0x4C];
+        l10n.extend(std::iter::repeat_n(b' ', 160));
+        let c = Command {
+            slot: 0,
+            seq: 0x33,
+            body: CommandBody::Escape { data: l10n },
+        };
+        let msg = c.encode().unwrap();
+        assert_eq!(msg.len(), 175);
+        let out = r.receive(&frame::encode(&msg));
+        let mut d = Decoder::new();
+        d.push(&out);
+        let ev = d.drain_events();
+        let [Event::Message(echo), Event::Message(answer)] = ev.as_slice() else {
+            panic!("{ev:?}")
+        };
+        assert_eq!(echo.len(), 10, "the header alone");
+        assert_eq!(&echo[..1], &msg[..1]);
+        assert_eq!(&echo[1..5], &[0, 0, 0, 0], "dwLength 0");
+        assert_eq!(&echo[5..], &msg[5..10]);
+        let a = Response::decode(answer).unwrap();
+        assert!(!a.failed(), "{a:?}");
+        assert_eq!(a.seq, 0x33);
+        // the holder takes 1.5 s to type: the answer comes after that silence
+        std::fs::write(&keys, "123456\n").unwrap();
+        let c = Command {
+            slot: 0,
+            seq: 0x34,
+            body: secure(PadRequest::verify(30).ccid_bytes()),
+        };
+        let outs = r.receive_timed(&frame::encode(&c.encode().unwrap()));
+        let waits: Vec<_> = outs
+            .iter()
+            .filter_map(|o| match o {
+                Out::Wait(d) => Some(*d),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(waits, [Duration::from_millis(1500)]);
+        assert!(matches!(outs.last(), Some(Out::Bytes(_))));
+        // a short command is echoed whole
+        let (s, _) = h.send(&mut r, 0, CommandBody::GetSlotStatus);
+        assert!(!s.failed());
+    }
+
+    #[test]
+    fn keypad_lines() {
+        assert_eq!(Keys::parse("  cancel "), Keys::Cancel);
+        assert_eq!(Keys::parse("timeout"), Keys::Timeout);
+        assert_eq!(Keys::parse(""), Keys::Timeout);
+        let Keys::Pins(p) = Keys::parse("1234 5x") else {
+            panic!()
+        };
+        assert_eq!(p.len(), 2);
+        assert_eq!(p[0].as_slice(), &[1, 2, 3, 4]);
+        assert_eq!(p[1].as_slice(), &[5, 0xFF]);
+        assert_eq!(format!("{:?}", Keys::parse("123456")), "Pins(1 entries)");
+        assert_eq!(
+            Keys::read(Some(Path::new("/nonexistent/keypad"))),
+            Keys::Timeout
+        );
+        assert_eq!(Keys::read(None), Keys::Timeout);
     }
 
     #[test]

@@ -97,7 +97,7 @@ struct Args {
     #[arg(long)]
     serial_reader: bool,
     /// Serial reader model: GemPCTwin (echo, 1 slot), GemCorePOSPro (no echo, 5 slots)
-    /// or GemPCPinPad (echo, 1 slot; the keypad is not emulated yet).
+    /// or GemPCPinPad (echo, 1 slot, a keypad: see --keypad-file).
     #[arg(long, default_value = "GemCorePOSPro")]
     model: String,
     /// Keep a symbolic link at PATH to the current pty (with --serial-reader).
@@ -115,6 +115,20 @@ struct Args {
     /// while no test uses it.
     #[arg(long, requires = "with_psam")]
     sam_follows_card: bool,
+    /// GemPCPinPad: what the holder types at each PIN prompt is the first line of
+    /// PATH, read then: PINs separated by spaces (a change: `current new new`),
+    /// `cancel`, or `timeout`; no file or an empty line is a timeout.
+    #[arg(long, value_name = "PATH")]
+    keypad_file: Option<PathBuf>,
+    /// GemPCPinPad: the holder takes MS milliseconds to type (the answer is held back,
+    /// in silence).
+    #[arg(long, value_name = "MS", default_value_t = 0)]
+    keypad_typing_ms: u64,
+    /// Echo a command frame longer than N bytes as its header alone (libccid reads an
+    /// echo into the buffer of the answer it expects: a GemPCPinPad for libccid needs
+    /// --echo-limit 20).
+    #[arg(long, value_name = "N")]
+    echo_limit: Option<usize>,
     /// Fault (--serial-reader): flip a bit of the byte before the LRC of the Nth answer
     /// frame (`N`) or of every Nth (`every:N`). A frame resent on a NAK goes intact.
     #[arg(long, value_name = "HIT", help_heading = "Serial reader faults")]
@@ -331,6 +345,9 @@ fn serve_serial(a: &Args, card: Box<dyn VirtualCard>, what: &str) -> ! {
         reinsert_after: Duration::from_millis(a.reinsert_ms),
         faults: faults(a),
         sam_follows_card: a.sam_follows_card,
+        keypad: a.keypad_file.clone(),
+        keypad_typing: Duration::from_millis(a.keypad_typing_ms),
+        echo_limit: a.echo_limit,
     };
     let mut reader = SerialReader::new(model, cards, opts).unwrap_or_else(|e| fail(e));
     if a.start_absent {
