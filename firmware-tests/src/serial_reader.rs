@@ -536,6 +536,11 @@ impl SerialReader {
         self.xfrs
     }
 
+    /// How long the holder takes to type from here ([`ReaderOptions::keypad_typing`]).
+    pub fn set_keypad_typing(&mut self, typing: Duration) {
+        self.opts.keypad_typing = typing;
+    }
+
     /// PIN entries the pad ran so far (a Secure it refused is none).
     pub fn pin_entries(&self) -> u32 {
         self.secures

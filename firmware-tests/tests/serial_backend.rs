@@ -7,7 +7,8 @@
 //! in flight; and, through the emulator's fault knobs (bad LRCs, frames cut short,
 //! commands the reader NAKs, echo against the model, answers held back with or without
 //! T=0 time requests, the card pulled mid-DEBIT) and a relay for garbage between
-//! frames, purchases that still go through and silences that time out. No pcscd
+//! frames, purchases that still go through and silences that time out; and PIN entry
+//! on the GemPC PinPad's keypad (`PC_to_RDR_Secure`) for T=0 and T=1 cards. No pcscd
 //! needed.
 
 use chrono::NaiveDate;
@@ -731,4 +732,119 @@ fn a_wtx_request_stretches_the_wait_for_that_answer() {
         matches!(e, TransportError::Timeout(_)) && e.outcome_unknown(),
         "{e}"
     );
+}
+
+/// A GemPC PinPad served in this process, its keypad the file `keys`, the holder
+/// taking `typing` to type.
+fn pin_pad(t0: bool, keys: &Path, typing: Duration) -> Served {
+    let card = EmulatedCard::new(
+        &Personalization::default_test_card(),
+        Knobs {
+            t0,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let opts = ReaderOptions {
+        keypad: Some(keys.to_path_buf()),
+        keypad_typing: typing,
+        ..Default::default()
+    };
+    let r = EmuReader::new(EmuModel::GemPcPinPad, vec![Some(Box::new(card))], opts).unwrap();
+    Served::start(r, None).unwrap()
+}
+
+fn typed(keys: &Path, line: &str) {
+    std::fs::write(keys, format!("{line}\n")).unwrap();
+}
+
+/// PIN entry on the reader's keypad through `PC_to_RDR_Secure`, for a T=0 and a T=1
+/// card: the card's answers, the pad's own (cancel, timeout, wrong length, PINs that
+/// differ), a change, and the card's other commands in step afterwards; the holder
+/// may take longer than a card's answer timeout.
+#[test]
+fn a_pin_typed_on_the_pad_of_a_serial_reader() {
+    use sscard_driver::status::PinEntry;
+    for t0 in [true, false] {
+        let dir = tempfile::tempdir().unwrap();
+        let keys = dir.path().join("keypad");
+        // 1.5 × the answer timeout of quick()
+        let emu = pin_pad(t0, &keys, Duration::from_millis(1500));
+        let reader =
+            SerialReader::open_with(&emu.path().to_string_lossy(), Model::GemPcPinPad, quick())
+                .unwrap();
+        let mut card = reader.connect(0).unwrap();
+        assert!(card.capabilities().pin_pad);
+        let mut tx = Transaction::begin(&mut card).unwrap();
+        let want = if t0 { Protocol::T0 } else { Protocol::T1 };
+        app::read_card(&mut tx).unwrap();
+        typed(&keys, "123456");
+        let t = Instant::now();
+        app::verify_pin_on_pad(&mut tx, 30).unwrap();
+        assert!(
+            t.elapsed() >= Duration::from_millis(1500),
+            "the holder's time"
+        );
+        emu.with_reader(|r| r.set_keypad_typing(Duration::ZERO));
+        typed(&keys, "000000");
+        match app::verify_pin_on_pad(&mut tx, 30) {
+            Err(app::AppError::PinWrong { tries_left: 2 }) => {}
+            other => panic!("t0 {t0}: {other:?}"),
+        }
+        for (line, want) in [
+            ("cancel", PinEntry::Cancelled),
+            ("timeout", PinEntry::Timeout),
+            ("12", PinEntry::Length),
+        ] {
+            typed(&keys, line);
+            match app::verify_pin_on_pad(&mut tx, 30) {
+                Err(app::AppError::PinEntry(p)) => assert_eq!(p, want, "{line}"),
+                other => panic!("t0 {t0}, {line}: {other:?}"),
+            }
+        }
+        assert_eq!(app::pin_tries_left(&mut tx).unwrap(), 2, "no try spent");
+        typed(&keys, "123456 2468 2469");
+        match app::change_pin_on_pad(&mut tx, 30) {
+            Err(app::AppError::PinEntry(PinEntry::Mismatch)) => {}
+            other => panic!("t0 {t0}: {other:?}"),
+        }
+        typed(&keys, "123456 2468 2468");
+        app::change_pin_on_pad(&mut tx, 30).unwrap();
+        // the block protocol is in step: PINs over the host, records, as before
+        app::verify_pin(&mut tx, &Pin::new("2468").unwrap()).unwrap();
+        assert_eq!(app::read_card(&mut tx).unwrap().name, "张三");
+        drop(tx);
+        assert_eq!(card.status().unwrap().protocol, Some(want));
+        assert_eq!(emu.with_reader(|r| r.pin_entries()), 7);
+    }
+}
+
+#[test]
+fn a_reader_without_a_keypad_says_so() {
+    let emu = served(Model::GemPcTwin, None);
+    let reader =
+        SerialReader::open_with(&emu.path().to_string_lossy(), Model::GemPcTwin, quick()).unwrap();
+    let mut card = reader.connect(0).unwrap();
+    assert!(!card.capabilities().pin_pad);
+    let mut tx = Transaction::begin(&mut card).unwrap();
+    match app::verify_pin_on_pad(&mut tx, 30) {
+        Err(e) => assert!(
+            matches!(transport(e), TransportError::Unsupported(_)),
+            "refused before any frame"
+        ),
+        Ok(()) => panic!("a pad that is not there"),
+    }
+    // the reader believes it has none: a backend told it is a pad model gets the
+    // reader's refusal
+    drop(tx);
+    drop(card);
+    drop(reader);
+    let reader =
+        SerialReader::open_with(&emu.path().to_string_lossy(), Model::GemPcPinPad, quick())
+            .unwrap();
+    let mut card = reader.connect(0).unwrap();
+    let mut tx = Transaction::begin(&mut card).unwrap();
+    let e = app::verify_pin_on_pad(&mut tx, 30).unwrap_err();
+    assert!(matches!(transport(e), TransportError::Unsupported(_)));
+    app::read_card(&mut tx).unwrap();
 }

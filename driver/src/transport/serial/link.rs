@@ -416,7 +416,8 @@ impl Link {
                 }
             }
             let now = Instant::now();
-            let end = deadline.min(start + self.timing.max_wait);
+            // a longer answer timeout (a PIN entry's) stretches the bound with it
+            let end = deadline.min(start + self.timing.max_wait.max(answer));
             if now >= end {
                 return Err(TransportError::Timeout(format!(
                     "the {} on {} did not answer within {} ms",

@@ -27,10 +27,13 @@ use super::model::Model;
 use super::t1::{self, T1};
 use super::tpdu;
 use crate::atr::{Atr, Convention};
+use crate::status::StatusWord;
+use crate::transport::pinpad::{self, PadRequest};
 use crate::transport::{
     Capabilities, CardStatus, CardTransport, Protocol, RawTransaction, TransportError,
 };
 use std::sync::{Arc, Mutex, MutexGuard, TryLockError};
+use std::time::Duration;
 
 /// The reader's clock (libccid's `dwDefaultClock` for these readers: 4 MHz).
 const CLOCK_HZ: u64 = 4_000_000;
@@ -512,6 +515,7 @@ impl SerialReader {
             shared: self.shared.clone(),
             busy,
             slot,
+            model: self.model,
             name: format!("{} {} slot {slot}", self.model, self.path),
             seen: None,
         })
@@ -532,6 +536,7 @@ pub struct SerialSlot {
     shared: Arc<Mutex<Shared>>,
     busy: Arc<Mutex<()>>,
     slot: u8,
+    model: Model,
     name: String,
     /// The generation of the card at this handle's last transaction, reset or reattach.
     seen: Option<u64>,
@@ -626,23 +631,170 @@ impl SerialTransaction<'_> {
     }
 }
 
-impl RawTransaction for SerialTransaction<'_> {
-    fn transmit_raw(&mut self, command: &[u8]) -> Result<Vec<u8>, TransportError> {
+impl SerialTransaction<'_> {
+    /// The card of this transaction, still the one powered: its T=1 state if in T=1.
+    fn current(&self, sh: &mut Shared) -> Result<Option<T1>, TransportError> {
         let slot = self.handle.slot;
-        let mut sh = lock(&self.handle.shared);
-        // the card of this transaction must still be the one powered
         let same = sh
             .slots
             .get(slot as usize)
             .is_some_and(|s| s.generation == self.generation && s.power.is_some());
         if !same || !sh.still_powered(slot) {
-            return Err(self.fail_card(&mut sh));
+            return Err(self.fail_card(sh));
         }
-        let t1_state = sh
+        Ok(sh
             .slots
             .get(slot as usize)
             .and_then(|s| s.power.as_ref())
-            .and_then(|p| p.t1.clone());
+            .and_then(|p| p.t1.clone()))
+    }
+
+    /// The card's answer to a PIN entry in T=1: the I-block the reader returns (after
+    /// an S(WTX) the card asked, answered). Anything else leaves the block protocol
+    /// out of step: the card is powered anew at the next transaction.
+    fn pad_answer_t1(
+        &mut self,
+        sh: &mut Shared,
+        mut state: T1,
+        mut block: Vec<u8>,
+    ) -> Result<Vec<u8>, TransportError> {
+        let slot = self.handle.slot;
+        for _ in 0..8 {
+            match t1::decode(&block) {
+                Ok((
+                    0,
+                    t1::Block::I {
+                        ns,
+                        more: false,
+                        inf,
+                    },
+                )) if ns == state.nr && inf.len() >= 2 => {
+                    state.ns = !state.ns;
+                    state.nr = !state.nr;
+                    if let Some(p) = sh.slot_mut(slot)?.power.as_mut() {
+                        p.t1 = Some(state);
+                    }
+                    return Ok(inf);
+                }
+                Ok((
+                    0,
+                    t1::Block::S {
+                        kind: t1::SKind::Wtx,
+                        response: false,
+                        inf,
+                    },
+                )) => {
+                    let wtx = inf.first().copied().unwrap_or(1);
+                    let answer = t1::Block::S {
+                        kind: t1::SKind::Wtx,
+                        response: true,
+                        inf,
+                    };
+                    block = sh.xfr_block(slot, &t1::encode(0, &answer), wtx)?;
+                }
+                other => {
+                    tracing::debug!("T=1: a PIN entry answered {other:?}");
+                    break;
+                }
+            }
+        }
+        sh.invalidate(slot);
+        Err(TransportError::Protocol(
+            "T=1: the card's answer to the PIN entry was no I-block; its outcome is unknown".into(),
+        ))
+    }
+}
+
+impl RawTransaction for SerialTransaction<'_> {
+    /// `PC_to_RDR_Secure` (CCID §6.1.11): the reader prompts, the holder types, the
+    /// reader sends the card the filled APDU (in T=1 as an I-block with the prologue
+    /// given here) and returns its answer; cancel and timeout come back as the pad's
+    /// status words `6401` / `6400`, as libccid makes them.
+    fn pin_pad(&mut self, request: &PadRequest) -> Result<Vec<u8>, TransportError> {
+        let slot = self.handle.slot;
+        if !self.handle.model.pin_pad() {
+            return Err(TransportError::Unsupported(format!(
+                "the {} has no PIN pad",
+                self.handle.model
+            )));
+        }
+        let mut sh = lock(&self.handle.shared);
+        let t1_state = self.current(&mut sh)?;
+        let mut request = request.clone();
+        if let Some(state) = &t1_state {
+            let len = u8::try_from(request.apdu.len())
+                .ok()
+                .filter(|n| *n <= state.ifsc)
+                .ok_or_else(|| {
+                    TransportError::Unsupported(format!(
+                        "a PIN APDU of {} bytes does not fit one T=1 block",
+                        request.apdu.len()
+                    ))
+                })?;
+            // NAD 0, an I-block with our N(S), LEN (ISO 7816-3 §11.3)
+            request.teo_prologue = [0x00, u8::from(state.ns) << 6, len];
+        } else {
+            request.teo_prologue = [0; 3];
+        }
+        let seconds = match request.format.timeout_s {
+            0 => pinpad::DEFAULT_TIMEOUT_S,
+            s => s,
+        };
+        // the holder's time, and the card's after it
+        let wait = Duration::from_secs(u64::from(seconds)) + sh.link.timing().answer * 3;
+        let r = sh.link.transact_for(
+            slot,
+            CommandBody::Secure {
+                bwi: 0,
+                level_parameter: 0,
+                data: request.ccid_bytes(),
+            },
+            wait,
+        );
+        if matches!(r, Err(TransportError::Io(_))) {
+            for s in &mut sh.slots {
+                s.power = None;
+            }
+        }
+        let r = r?;
+        if r.failed() {
+            if let Some(p) = pinpad::ccid_pad_error(r.error) {
+                return Ok(StatusWord::PinEntry(p).code().to_be_bytes().to_vec());
+            }
+            return Err(match (r.status.icc(), r.error) {
+                (IccStatus::Absent | IccStatus::PresentInactive, _) => self.fail_card(&mut sh),
+                (_, error::ICC_MUTE) => {
+                    sh.invalidate(slot);
+                    TransportError::Timeout("the card did not answer the PIN entry".into())
+                }
+                (_, error::CMD_NOT_SUPPORTED) => {
+                    TransportError::Unsupported("the reader refused PC_to_RDR_Secure".into())
+                }
+                (_, error::CMD_SLOT_BUSY) => TransportError::Busy,
+                _ => reader_error("Secure", &r),
+            });
+        }
+        if !sh.still_powered(slot) {
+            return Err(self.fail_card(&mut sh));
+        }
+        let data = match r.body {
+            ResponseBody::DataBlock { data, .. } => data,
+            _ => return Err(reader_error("Secure (no DataBlock)", &r)),
+        };
+        match (t1_state, data.len()) {
+            // the pad's own status word (no T=1 block is this short), or a T=0 answer
+            (_, 2) => Ok(data),
+            (None, n) if n > 2 => Ok(data),
+            (Some(state), _) => self.pad_answer_t1(&mut sh, state, data),
+            (None, _) => Err(TransportError::NoResponse),
+        }
+    }
+
+    fn transmit_raw(&mut self, command: &[u8]) -> Result<Vec<u8>, TransportError> {
+        let slot = self.handle.slot;
+        let mut sh = lock(&self.handle.shared);
+        // the card of this transaction must still be the one powered
+        let t1_state = self.current(&mut sh)?;
         if let Some(state) = t1_state {
             if command.len() < 4 || command.len() > t1::MAX_COMMAND {
                 return Err(TransportError::Protocol(format!(
@@ -763,8 +915,7 @@ impl CardTransport for SerialSlot {
 
     fn capabilities(&self) -> Capabilities {
         Capabilities {
-            // the pad is not driven yet (PC_to_RDR_Secure comes with PIN entry)
-            pin_pad: false,
+            pin_pad: self.model.pin_pad(),
             extended_length: false,
             max_command: 261,
         }
