@@ -162,9 +162,16 @@ async fn a_reader_unplugged_comes_back_by_itself() {
     let dir = tempfile::tempdir().unwrap();
     let link = dir.path().join("ttyGEM");
     let link_s = link.to_string_lossy().to_string();
-    let _v = SerialVcard::start(
+    // the card comes in once the watcher has subscribed: its read unplugs the reader
+    let v = SerialVcard::start(
         "GemPCTwin",
-        &["--link", &link_s, "--unplug-on-xfr", "1:500"],
+        &[
+            "--link",
+            &link_s,
+            "--unplug-on-xfr",
+            "1:500",
+            "--start-absent",
+        ],
     );
     for _ in 0..100 {
         if link.exists() {
@@ -178,6 +185,11 @@ async fn a_reader_unplugged_comes_back_by_itself() {
     let mut w = d.login("audit").await;
     w.call("events.subscribe", json!({})).await.unwrap();
     let mut c = d.login("cashier").await;
+    until_listed(&mut c, "the empty reader", |l| {
+        l.iter().any(|r| r["name"] == card_reader.as_str())
+    })
+    .await;
+    v.signal("USR2");
     // the read at insertion unplugs it: the reader goes, and comes back
     let gone = w.notification("reader.removed").await;
     assert_eq!(gone["params"]["reader"], card_reader.as_str());
@@ -201,5 +213,154 @@ async fn a_reader_unplugged_comes_back_by_itself() {
         .await
         .unwrap();
     assert_eq!(p["status"], "completed", "{p}");
+    d.stop().await;
+}
+
+/// What the holder types next on the emulated pad (`--keypad-file`, docs/emulator.md).
+fn keypad(path: &std::path::Path, line: &str) {
+    std::fs::write(path, format!("{line}\n")).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_pin_typed_on_the_pad_pays_and_the_pads_answers_are_errors_of_their_own() {
+    let dir = tempfile::tempdir().unwrap();
+    let pad = dir.path().join("keypad");
+    keypad(&pad, "123456");
+    let pad_arg = pad.to_string_lossy().to_string();
+    let v = SerialVcard::start("GemPCPinPad", &["--keypad-file", &pad_arg]);
+    let cfg = SerialConfig::from_arg(&format!("{}:GemPCPinPad", v.pty.display())).unwrap();
+    let reader = reader_name(&cfg, 0);
+    let d = InProc::start_with(SimControl::new(), |c| c.serial = vec![cfg], None).await;
+    let mut c = d.login("cashier").await;
+    let mut w = d.login("audit").await;
+    w.call("events.subscribe", json!({})).await.unwrap();
+    let l = until_listed(&mut c, "the card in the pad reader", |l| {
+        l.iter()
+            .any(|r| r["name"] == reader.as_str() && r["card_present"] == true)
+    })
+    .await;
+    let me = l.iter().find(|r| r["name"] == reader.as_str()).unwrap();
+    assert_eq!(me["pin_pad"], true, "{me}");
+
+    // no pin in the call: the holder types on the pad, the POS is told when
+    let card = c.call("card.read", json!({})).await.unwrap();
+    let debit =
+        |order: &str| json!({"order_id": order, "amount_fen": 300, "card_id": card["card_id"]});
+    let p = c.call("pay.debit", debit("PAD-1")).await.unwrap();
+    assert_eq!(p["status"], "completed", "{p}");
+    let n = w.notification("pin.prompt").await;
+    assert_eq!(n["params"], json!({"reader": reader, "purpose": "verify"}));
+    let n = w.notification("pin.done").await;
+    assert_eq!(n["params"], json!({"reader": reader}));
+    let before = c.call("card.balance", json!({})).await.unwrap()["balance_fen"].clone();
+
+    // the pad's own answers: no try used, nothing debited
+    for (typed, want) in [
+        ("cancel", "PIN_ENTRY_CANCELLED"),
+        ("timeout", "PIN_ENTRY_TIMEOUT"),
+        ("12", "PIN_ENTRY_LENGTH"),
+    ] {
+        keypad(&pad, typed);
+        let e = c
+            .call("pay.debit", debit(&format!("PAD-{typed}")))
+            .await
+            .unwrap_err();
+        assert_eq!(kind(&e), want, "{typed}: {e}");
+        let n = w.notification("pin.done").await;
+        assert_eq!(n["params"]["reader"], reader.as_str());
+    }
+    keypad(&pad, "000000");
+    let e = c.call("card.verify_pin", json!({})).await.unwrap_err();
+    assert_eq!(kind(&e), "PIN_WRONG", "{e}");
+    assert_eq!(e["data"]["tries_left"], 2, "a pad answer used no try: {e}");
+    let after = c.call("card.balance", json!({})).await.unwrap()["balance_fen"].clone();
+    assert_eq!(after, before);
+
+    // a PIN change on the pad: current, new, new again; a confirmation that differs
+    keypad(&pad, "123456 2468 2469");
+    let e = c.call("card.change_pin", json!({})).await.unwrap_err();
+    assert_eq!(kind(&e), "PIN_ENTRY_MISMATCH", "{e}");
+    keypad(&pad, "123456 2468 2468");
+    let ok = c.call("card.change_pin", json!({})).await.unwrap();
+    assert_eq!(ok["changed"], true);
+    // one prompt an entry, in order: four verifications, then the two changes
+    let mut purposes = Vec::new();
+    for _ in 0..6 {
+        let n = w.notification("pin.prompt").await;
+        purposes.push(n["params"]["purpose"].as_str().unwrap_or("").to_string());
+    }
+    assert_eq!(
+        purposes,
+        ["verify", "verify", "verify", "verify", "change", "change"]
+    );
+    // a PIN sent over the socket still works where require_pin_pad is not set
+    let ok = c
+        .call("card.verify_pin", json!({"pin": "2468"}))
+        .await
+        .unwrap();
+    assert_eq!(ok["verified"], true);
+    let audit = d.audit_log(Some("cashier")).await;
+    assert!(
+        audit
+            .iter()
+            .any(|e| e["method"] == "card.change_pin" && e["outcome"] == "ok (PIN pad)"),
+        "{audit:?}"
+    );
+    assert!(
+        audit
+            .iter()
+            .any(|e| e["method"] == "card.verify_pin" && e["outcome"] == "ok"),
+        "{audit:?}"
+    );
+    d.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn require_pin_pad_refuses_a_pin_sent_for_a_pad_reader() {
+    let dir = tempfile::tempdir().unwrap();
+    let pad = dir.path().join("keypad");
+    keypad(&pad, "123456");
+    let pad_arg = pad.to_string_lossy().to_string();
+    let v = SerialVcard::start("GemPCPinPad", &["--keypad-file", &pad_arg]);
+    let cfg = SerialConfig::from_arg(&format!("{}:GemPCPinPad", v.pty.display())).unwrap();
+    let reader = reader_name(&cfg, 0);
+    let d = InProc::start_with(
+        SimControl::new(),
+        |c| {
+            c.serial = vec![cfg];
+            c.require_pin_pad = true;
+        },
+        None,
+    )
+    .await;
+    let mut c = d.login("cashier").await;
+    until_listed(&mut c, "the card in the pad reader", |l| {
+        l.iter()
+            .any(|r| r["name"] == reader.as_str() && r["card_present"] == true)
+    })
+    .await;
+    for (method, params) in [
+        ("card.verify_pin", json!({"pin": "123456"})),
+        (
+            "card.change_pin",
+            json!({"old_pin": "123456", "new_pin": "1111"}),
+        ),
+        (
+            "pay.debit",
+            json!({"order_id": "REQ-1", "amount_fen": 1, "pin": "123456"}),
+        ),
+    ] {
+        let e = c.call(method, params).await.unwrap_err();
+        assert_eq!(e["code"], -32602, "{method}: {e}");
+        assert!(
+            e["message"]
+                .as_str()
+                .unwrap_or("")
+                .contains("require_pin_pad"),
+            "{e}"
+        );
+    }
+    let ok = c.call("card.verify_pin", json!({})).await.unwrap();
+    assert_eq!(ok["verified"], true);
     d.stop().await;
 }
