@@ -259,6 +259,7 @@ pub struct SerialReaderLease {
     pub model: String,
     pid: libc::pid_t,
     readers: Vec<String>,
+    dir: PathBuf,
 }
 
 impl SerialReaderLease {
@@ -310,6 +311,7 @@ impl SerialReaderLease {
             model: model.to_string(),
             pid,
             readers,
+            dir,
         };
         lease.insert();
         lease
@@ -344,6 +346,17 @@ impl SerialReaderLease {
         if let Ok(ctx) = PcscContext::establish() {
             wait_present(&ctx, self.reader(0), false, Duration::from_secs(10));
         }
+    }
+
+    /// What the holder types at the next prompts of a GemPCPinPad's keypad (the first
+    /// line of `<dir>/keypad-<model>`: PINs separated by spaces, `cancel` or
+    /// `timeout`; docs/emulator.md).
+    pub fn keypad(&self, line: &str) {
+        std::fs::write(
+            self.dir.join(format!("keypad-{}", self.model)),
+            format!("{line}\n"),
+        )
+        .expect("the emulated keypad's file");
     }
 
     /// Connect to the card in slot 0 (shared, any protocol).

@@ -105,3 +105,62 @@ fn gempc_twin_through_libccid() {
 fn gempc_twin_with_a_t1_card_through_libccid() {
     read_and_pay_card("GemPCTwin-t1", 1, &t1_atr(), Protocol::T1);
 }
+
+/// PIN entry on the emulated GemPC PinPad's keypad through pcscd and libccid: the
+/// reader's part 10 features as libccid reports them for this model, then the project's
+/// PC/SC backend's VERIFY and MODIFY PIN structures, which libccid turns into
+/// `PC_to_RDR_Secure` (for the T=1 card with its own block prologue), for the card's
+/// answers and the pad's own.
+fn pin_pad_through_libccid(model: &str, protocol: Protocol) {
+    use sscard_driver::status::PinEntry;
+    let lease = SerialReaderLease::acquire(model);
+    let mut card = lease.connect();
+    assert_eq!(card.status().unwrap().protocol, Some(protocol));
+    assert!(
+        card.capabilities().pin_pad,
+        "libccid lists the pad's features"
+    );
+    let mut tx = Transaction::begin(&mut card).unwrap();
+    app::read_card(&mut tx).unwrap();
+    lease.keypad("123456");
+    app::verify_pin_on_pad(&mut tx, 30).unwrap();
+    lease.keypad("000000");
+    match app::verify_pin_on_pad(&mut tx, 30) {
+        Err(app::AppError::PinWrong { tries_left: 2 }) => {}
+        other => panic!("{model}: {other:?}"),
+    }
+    for (line, want) in [
+        ("cancel", PinEntry::Cancelled),
+        ("timeout", PinEntry::Timeout),
+        ("12", PinEntry::Length),
+    ] {
+        lease.keypad(line);
+        match app::verify_pin_on_pad(&mut tx, 30) {
+            Err(app::AppError::PinEntry(p)) => assert_eq!(p, want, "{model}: {line}"),
+            other => panic!("{model}, {line}: {other:?}"),
+        }
+    }
+    lease.keypad("123456 2468 2469");
+    match app::change_pin_on_pad(&mut tx, 30) {
+        Err(app::AppError::PinEntry(PinEntry::Mismatch)) => {}
+        other => panic!("{model}: {other:?}"),
+    }
+    lease.keypad("123456 2468 2468");
+    app::change_pin_on_pad(&mut tx, 30).unwrap();
+    app::verify_pin(&mut tx, &Pin::new("2468").unwrap()).unwrap();
+    assert_eq!(app::read_card(&mut tx).unwrap().name, "张三");
+    // the test card is the emulator's: its PIN goes back for the next test
+    lease.keypad("2468 123456 123456");
+    app::change_pin_on_pad(&mut tx, 30).unwrap();
+    app::verify_pin(&mut tx, &Pin::new("123456").unwrap()).unwrap();
+}
+
+#[test]
+fn gempc_pinpad_through_libccid() {
+    pin_pad_through_libccid("GemPCPinPad", Protocol::T0);
+}
+
+#[test]
+fn gempc_pinpad_with_a_t1_card_through_libccid() {
+    pin_pad_through_libccid("GemPCPinPad-t1", Protocol::T1);
+}
