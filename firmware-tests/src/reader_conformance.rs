@@ -4,7 +4,8 @@
 //!
 //! The suite is parameterised by the reader it runs against, a [`ReaderTarget`]: its
 //! card slot as a [`CardTransport`], its SAM slot if it has one with a PSAM in it, who
-//! can move the card ([`Hands`]) and whether it has a PIN pad. CI builds targets on the
+//! can move the card ([`Hands`]), whether it has a PIN pad and who types on it
+//! ([`Keypad`]). CI builds targets on the
 //! emulator (`tests/reader_conformance.rs`: the project's serial backend on
 //! `sscard-vcard --serial-reader`, and pcscd with libccid on the test bed's emulated
 //! serial readers); a technician qualifies a real reader model by naming it in
@@ -36,8 +37,9 @@ use sscard_driver::app::{self, Pin};
 use sscard_driver::atr::Atr;
 use sscard_driver::keyprovider::{KeyProvider, SoftwareKeys};
 use sscard_driver::keys::KeyPurpose;
-use sscard_driver::status::StatusWord;
+use sscard_driver::status::{PinEntry, StatusWord};
 use sscard_driver::transport::pcsc::{PcscContext, ReaderEvent, ShareMode};
+use sscard_driver::transport::pinpad::{self, PadRequest};
 use sscard_driver::transport::serial::model::{split_spec, Model};
 use sscard_driver::transport::serial::reader::SerialReader;
 use sscard_driver::transport::{
@@ -133,6 +135,37 @@ pub enum Hands<'a> {
     Nobody(String),
 }
 
+/// What the holder does at the PIN pad's next prompt.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum PadAction<'s> {
+    /// Type these digits, then OK.
+    Type(&'s str),
+    /// Press Cancel.
+    Cancel,
+}
+
+impl fmt::Debug for PadAction<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            // the digits are the card's PIN
+            PadAction::Type(_) => f.write_str("Type(..)"),
+            PadAction::Cancel => f.write_str("Cancel"),
+        }
+    }
+}
+
+/// Who types on the reader's keypad.
+pub enum Keypad<'a> {
+    /// The test: a closure that sets what the holder does at the next prompt (and
+    /// returns at once; the pad then waits for it), e.g. the emulator's keypad file.
+    Driven(Box<dyn FnMut(PadAction<'_>) + 'a>),
+    /// A technician at the reader, asked on the terminal (stderr) before each prompt;
+    /// the pad's own timeout bounds the wait.
+    Technician,
+    /// Nobody: the check is skipped with this note.
+    Nobody(String),
+}
+
 /// The reader the suite runs against.
 pub struct ReaderTarget<'a> {
     /// What the report calls it (`serial:/dev/ttyUSB0:GemCorePOSPro`, …).
@@ -144,6 +177,8 @@ pub struct ReaderTarget<'a> {
     pub sam: Result<Box<dyn CardTransport + 'a>, String>,
     /// Whether the reader has a PIN pad.
     pub pin_pad: bool,
+    /// Who types on it.
+    pub keypad: Keypad<'a>,
     pub hands: Hands<'a>,
     /// The card slot's PC/SC reader name, to see pcscd's card events too.
     pub pcsc_events: Option<String>,
@@ -154,7 +189,16 @@ pub struct ReaderTarget<'a> {
 /// `SSCARD_CONFORMANCE_SAM_READER`) if a card is in it, and the technician's hands if
 /// `SSCARD_CONFORMANCE_INTERACTIVE=1`.
 pub fn open_target(spec: &ReaderSpec) -> Result<ReaderTarget<'static>, String> {
-    let hands = if std::env::var(INTERACTIVE_ENV).as_deref() == Ok("1") {
+    let interactive = std::env::var(INTERACTIVE_ENV).as_deref() == Ok("1");
+    let keypad = if interactive {
+        Keypad::Technician
+    } else {
+        Keypad::Nobody(format!(
+            "nobody to type on the keypad: set {INTERACTIVE_ENV}=1 (and run the test with \
+             --nocapture) to be asked to type the PIN and press Cancel"
+        ))
+    };
+    let hands = if interactive {
         Hands::Technician {
             timeout: Duration::from_secs(60),
         }
@@ -184,6 +228,7 @@ pub fn open_target(spec: &ReaderSpec) -> Result<ReaderTarget<'static>, String> {
                 card: Box::new(card),
                 sam,
                 pin_pad: model.pin_pad(),
+                keypad,
                 hands,
                 pcsc_events: None,
             })
@@ -209,6 +254,7 @@ pub fn open_target(spec: &ReaderSpec) -> Result<ReaderTarget<'static>, String> {
                 card: Box::new(card),
                 sam,
                 pin_pad,
+                keypad,
                 hands,
                 pcsc_events: Some(reader.clone()),
             })
@@ -596,6 +642,11 @@ impl RawTransaction for TimedTx<'_> {
     fn new_presentation(&self) -> bool {
         self.raw.new_presentation()
     }
+
+    fn pin_pad(&mut self, request: &PadRequest) -> Result<Vec<u8>, TransportError> {
+        // the holder's time is in it: not an APDU's round trip
+        self.raw.pin_pad(request)
+    }
 }
 
 impl CardTransport for Timed<'_> {
@@ -767,6 +818,7 @@ struct Ctx<'c, 'a> {
     sam: Option<Timed<'c>>,
     sam_absent: Option<String>,
     pin_pad: bool,
+    keypad: &'c mut Keypad<'a>,
     hands: &'c mut Hands<'a>,
     pcsc_events: Option<String>,
     cfg: &'c SuiteConfig,
@@ -830,6 +882,7 @@ pub fn run(target: &mut ReaderTarget<'_>, cfg: &SuiteConfig) -> Report {
         sam,
         sam_absent,
         pin_pad: target.pin_pad,
+        keypad: &mut target.keypad,
         hands: &mut target.hands,
         pcsc_events: target.pcsc_events.clone(),
         cfg,
@@ -1443,17 +1496,67 @@ fn check_sam(c: &mut Ctx<'_, '_>) -> CheckOut {
     ])
 }
 
-/// PIN entry on the reader's own keypad: not driven by the backends yet.
+/// PIN entry on the reader's own keypad (PC/SC part 10 `FEATURE_VERIFY_PIN_DIRECT`,
+/// CCID `PC_to_RDR_Secure`) with the card profile's VERIFY (1.1 §1): the card's PIN
+/// typed is `9000`; Cancel pressed is the pad's `6401` and spends no try.
 fn check_pin_pad(c: &mut Ctx<'_, '_>) -> CheckOut {
-    if c.pin_pad {
-        Err(Stop::Skip(
-            "the reader has a PIN pad: not supported yet (PC_to_RDR_Secure and PC/SC part 10 \
-             FEATURE_VERIFY_PIN_DIRECT come with issue 10's PIN entry)"
-                .into(),
-        ))
-    } else {
-        Err(Stop::Skip("the reader has no PIN pad".into()))
+    if !c.pin_pad {
+        return Err(Stop::Skip("the reader has no PIN pad".into()));
     }
+    if let Keypad::Nobody(why) = &*c.keypad {
+        return Err(Stop::Skip(why.clone()));
+    }
+    let pin = c.cfg.pin.clone();
+    let mut tx = c.card.begin()?;
+    want_ok(
+        "SELECT application",
+        &raw(tx.as_mut(), "SELECT application", &select_app()?)?,
+        Some(0),
+    )?;
+    let mut type_on_pad = |action: PadAction<'_>,
+                           ask: &str|
+     -> Result<(ResponseApdu, Duration), Stop> {
+        match c.keypad {
+            Keypad::Driven(f) => f(action),
+            Keypad::Technician => tell(ask),
+            Keypad::Nobody(_) => {}
+        }
+        let t = Instant::now();
+        let b = tx
+            .pin_pad(&PadRequest::verify(pinpad::DEFAULT_TIMEOUT_S))
+            .map_err(|e| Stop::Fail(format!("VERIFY on the pad: {e}")))?;
+        let r = ResponseApdu::parse(&b)
+            .map_err(|_| Stop::Fail(format!("VERIFY on the pad: answer {} too short", hex(&b))))?;
+        Ok((r, t.elapsed()))
+    };
+    let (ok, took) = type_on_pad(
+        PadAction::Type(&pin),
+        "type the card's PIN on the reader's keypad, then OK",
+    )?;
+    want_ok("VERIFY typed on the pad", &ok, Some(0))?;
+    let (cancel, _) = type_on_pad(PadAction::Cancel, "press Cancel on the reader's keypad")?;
+    ensure(
+        cancel.sw == StatusWord::PinEntry(PinEntry::Cancelled),
+        || format!("Cancel on the pad: expected 6401, got {}", show(&cancel)),
+    )?;
+    let q = raw(
+        tx.as_mut(),
+        "VERIFY (Lc = 0)",
+        &CommandApdu::new(0x00, 0x20, 0x00, 0x00),
+    )?;
+    ensure(q.sw == StatusWord::WrongPin { tries_left: 3 }, || {
+        format!(
+            "after the PIN and a Cancel the tries query answered {}",
+            show(&q)
+        )
+    })?;
+    Ok(vec![
+        format!(
+            "the card's PIN typed on the pad: 9000 ({} ms, the holder's time included)",
+            took.as_millis()
+        ),
+        "Cancel: the pad answered 6401, no try spent (63C3)".into(),
+    ])
 }
 
 fn pharmacy(cfg: &SuiteConfig, id: &sscard_driver::CardId) -> SoftwareKeys {

@@ -1,10 +1,10 @@
 //! The reader conformance suite (`sscard_firmware_tests::reader_conformance`) against
 //! the emulated serial readers: through the project's own serial backend
 //! (`sscard-vcard --serial-reader` on a pty: a GemCore POS Pro with a PSAM in its first
-//! SAM slot, and a GemPC Twin) and through pcscd with libccid's `libccidtwin` (the test
-//! bed's emulated readers, `SerialReaderLease`). Every check must pass; the only
-//! skips allowed are those the reader cannot have (no PIN pad, no SAM slot or no PSAM
-//! in it).
+//! SAM slot, a GemPC Twin, and a GemPC PinPad whose keypad the tests type on) and
+//! through pcscd with libccid's `libccidtwin` (the test bed's emulated readers,
+//! `SerialReaderLease`). Every check must pass; the only skips allowed are those the
+//! reader cannot have (no PIN pad, no SAM slot or no PSAM in it).
 //!
 //! With `SSCARD_CONFORMANCE_READER` set (`serial:/dev/ttyUSB0:GemCorePOSPro` or
 //! `pcsc:<reader name>`), only that reader is tested (docs/serial-readers.md, "The
@@ -19,11 +19,11 @@ use sscard_driver::transport::serial::model::Model;
 use sscard_driver::transport::serial::reader::SerialReader;
 use sscard_driver::transport::CardTransport;
 use sscard_firmware_tests::reader_conformance::{
-    check_names, open_target, run, Hands, Outcome, ReaderSpec, ReaderTarget, Report, SuiteConfig,
-    REPORT_ENV,
+    check_names, open_target, run, Hands, Keypad, Outcome, PadAction, ReaderSpec, ReaderTarget,
+    Report, SuiteConfig, REPORT_ENV,
 };
 use sscard_firmware_tests::testbed::{wait_present, SerialReaderLease, SerialVcard};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 fn report_dir() -> PathBuf {
@@ -80,11 +80,21 @@ const CHAIN_61XX: &str = "61xx chain and GET RESPONSE";
 
 /// The suite through the project's serial backend on an emulated `model`.
 fn serial_backend(model: Model, args: &[&str]) -> Report {
-    serial_backend_with(SerialVcard::start(model.name(), args), model)
+    serial_backend_with(SerialVcard::start(model.name(), args), model, None)
 }
 
-/// The suite through the project's serial backend on the emulated reader `v`.
-fn serial_backend_with(v: SerialVcard, model: Model) -> Report {
+/// What the holder does, written where the emulated pad reads it (`--keypad-file`).
+fn keypad_file(path: &Path, action: PadAction<'_>) {
+    let line = match action {
+        PadAction::Type(digits) => digits,
+        PadAction::Cancel => "cancel",
+    };
+    std::fs::write(path, format!("{line}\n")).unwrap();
+}
+
+/// The suite through the project's serial backend on the emulated reader `v`, its
+/// keypad the file `keypad` if it has one.
+fn serial_backend_with(v: SerialVcard, model: Model, keypad: Option<&Path>) -> Report {
     let path = v.pty.to_string_lossy().to_string();
     let reader = SerialReader::open(&path, model).unwrap();
     let card = reader.connect(0).unwrap();
@@ -101,6 +111,10 @@ fn serial_backend_with(v: SerialVcard, model: Model) -> Report {
         card: Box::new(card),
         sam,
         pin_pad: model.pin_pad(),
+        keypad: match keypad {
+            Some(path) => Keypad::Driven(Box::new(move |a| keypad_file(path, a))),
+            None => Keypad::Nobody("no keypad file".into()),
+        },
         hands: Hands::Driven {
             remove: Box::new(|| v.signal("USR1")),
             insert: Box::new(|| v.signal("USR2")),
@@ -127,7 +141,7 @@ fn a_t1_card_in_a_gemcore_pos_pro_with_a_psam_through_the_serial_backend() {
         return;
     }
     let v = SerialVcard::start_t1("GemCorePOSPro", &["--with-psam"]);
-    let r = serial_backend_with(v, Model::GemCorePosPro);
+    let r = serial_backend_with(v, Model::GemCorePosPro, None);
     assert_conforms(&r, &[(PIN_PAD, "no PIN pad"), (CHAIN_61XX, "speaks T=1")]);
     assert!(r.to_text().contains("T=1"), "{}", r.to_text());
 }
@@ -139,6 +153,19 @@ fn gempc_twin_through_the_serial_backend() {
     }
     let r = serial_backend(Model::GemPcTwin, &[]);
     assert_conforms(&r, &[(PIN_PAD, "no PIN pad"), (SAM, "no SAM slot")]);
+}
+
+#[test]
+fn gempc_pinpad_through_the_serial_backend() {
+    if real_reader_named() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let keys = dir.path().join("keypad");
+    let v = SerialVcard::start("GemPCPinPad", &["--keypad-file", &keys.to_string_lossy()]);
+    let r = serial_backend_with(v, Model::GemPcPinPad, Some(&keys));
+    assert_conforms(&r, &[(SAM, "no SAM slot")]);
+    assert!(r.to_text().contains("6401"), "{}", r.to_text());
 }
 
 /// The suite through pcscd and libccid on the test bed's emulated `model`.
@@ -162,11 +189,19 @@ fn libccid(model: &str) -> Report {
             .map_err(|e| format!("no PSAM in {name:?}: {e}")),
     };
     let reader0 = lease.reader(0).to_string();
+    // what libccid reports for the model (the part 10 features)
+    let pin_pad = card.capabilities().pin_pad;
     let mut target = ReaderTarget {
         label: format!("emulated {model} through pcscd and libccid ({reader0})"),
         card: Box::new(card),
         sam,
-        pin_pad: false,
+        pin_pad,
+        keypad: Keypad::Driven(Box::new(|a| {
+            lease.keypad(match a {
+                PadAction::Type(digits) => digits,
+                PadAction::Cancel => "cancel",
+            })
+        })),
         hands: Hands::Driven {
             remove: Box::new(|| lease.remove()),
             insert: Box::new(|| lease.insert()),
@@ -211,6 +246,16 @@ fn gempc_twin_through_pcscd_and_libccid() {
     }
     let r = libccid("GemPCTwin");
     assert_conforms(&r, &[(PIN_PAD, "no PIN pad"), (SAM, "no SAM slot")]);
+}
+
+#[test]
+fn a_t1_card_in_a_gempc_pinpad_through_pcscd_and_libccid() {
+    if real_reader_named() {
+        return;
+    }
+    let r = libccid("GemPCPinPad-t1");
+    assert_conforms(&r, &[(SAM, "no SAM slot"), (CHAIN_61XX, "speaks T=1")]);
+    assert!(r.to_text().contains("6401"), "{}", r.to_text());
 }
 
 /// The reader `SSCARD_CONFORMANCE_READER` names, if any: no check may fail (skips are
