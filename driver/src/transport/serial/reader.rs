@@ -123,7 +123,19 @@ impl Shared {
     }
 
     fn transact(&mut self, slot: u8, body: CommandBody) -> Result<Response, TransportError> {
-        let r = self.link.transact(slot, body);
+        let answer = self.link.timing().answer;
+        self.transact_for(slot, body, answer)
+    }
+
+    /// [`Shared::transact`] with another answer timeout; a port lost on the way
+    /// unpowers every slot.
+    fn transact_for(
+        &mut self,
+        slot: u8,
+        body: CommandBody,
+        answer: Duration,
+    ) -> Result<Response, TransportError> {
+        let r = self.link.transact_for(slot, body, answer);
         if matches!(r, Err(TransportError::Io(_))) {
             for s in &mut self.slots {
                 s.power = None;
@@ -327,7 +339,7 @@ impl Shared {
             .timing()
             .answer
             .saturating_mul(u32::from(wtx.max(1)));
-        let r = self.link.transact_for(
+        let r = self.transact_for(
             slot,
             CommandBody::XfrBlock {
                 bwi: wtx,
@@ -335,13 +347,7 @@ impl Shared {
                 data: block.to_vec(),
             },
             answer,
-        );
-        if matches!(r, Err(TransportError::Io(_))) {
-            for s in &mut self.slots {
-                s.power = None;
-            }
-        }
-        let r = r?;
+        )?;
         if r.failed() {
             return Err(match (r.status.icc(), r.error) {
                 (IccStatus::Absent | IccStatus::PresentInactive, _) => {
@@ -742,7 +748,7 @@ impl RawTransaction for SerialTransaction<'_> {
         };
         // the holder's time, and the card's after it
         let wait = Duration::from_secs(u64::from(seconds)) + sh.link.timing().answer * 3;
-        let r = sh.link.transact_for(
+        let r = sh.transact_for(
             slot,
             CommandBody::Secure {
                 bwi: 0,
@@ -750,13 +756,7 @@ impl RawTransaction for SerialTransaction<'_> {
                 data: request.ccid_bytes(),
             },
             wait,
-        );
-        if matches!(r, Err(TransportError::Io(_))) {
-            for s in &mut sh.slots {
-                s.power = None;
-            }
-        }
-        let r = r?;
+        )?;
         if r.failed() {
             if let Some(p) = pinpad::ccid_pad_error(r.error) {
                 return Ok(StatusWord::PinEntry(p).code().to_be_bytes().to_vec());
