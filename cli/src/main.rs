@@ -6,6 +6,7 @@
 
 mod cmd;
 mod exit;
+mod office;
 mod print;
 
 use clap::{CommandFactory, Parser, Subcommand};

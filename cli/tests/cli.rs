@@ -742,13 +742,39 @@ fn pin_verify_change_and_the_offices_reload() {
     let (code, _, err) = pin("verify", "2468\n", &[]);
     assert_eq!(code, 4);
     assert!(err.contains("blocked"), "{err}");
-    let (code, _, err) = pin("reload", "8642\n8642\n", &[]);
+    let dir = tempfile::tempdir().unwrap();
+    let journal = dir.path().join("office.db");
+    let office = [
+        "--journal",
+        journal.to_str().unwrap(),
+        "--operator",
+        "clerk7",
+    ];
+    let (code, _, err) = pin("reload", "8642\n8642\n", &office);
     assert_eq!(code, 2, "no keys: {err}");
-    let (code, out, err) = pin("reload", "8642\n8642\n", &["--test-keys"]);
+    let mut with_keys = office.to_vec();
+    with_keys.push("--test-keys");
+    let (code, out, err) = pin("reload", "8642\n8642\n", &with_keys);
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("PIN reloaded"), "{out}");
     let (code, out, _) = pin("verify", "8642\n", &[]);
     assert_eq!(code, 0, "{out}");
+    // the reload is in the office journal, with its operator, and the chain verifies
+    let db = rusqlite::Connection::open(&journal).unwrap();
+    let (who, what, outcome): (String, String, String) = db
+        .query_row(
+            "SELECT operator, command, outcome FROM office_log ORDER BY seq DESC LIMIT 1",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )
+        .unwrap();
+    assert_eq!(
+        (who.as_str(), what.as_str(), outcome.as_str()),
+        ("clerk7", "pin.reload", "completed")
+    );
+    let (code, out, err) = sscard(&["audit", "verify", "--journal", journal.to_str().unwrap()]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("office journal"), "{out}");
 }
 
 #[test]

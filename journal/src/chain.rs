@@ -41,7 +41,7 @@ pub(crate) fn content(fields: &[&str; 6], payments: Option<i64>) -> String {
     }
 }
 
-pub(crate) fn chain_hash(prev: &str, seq: i64, content: &str) -> String {
+pub fn chain_hash(prev: &str, seq: i64, content: &str) -> String {
     hex::encode(Sha256::digest(format!("{prev}|{seq}|{content}").as_bytes()))
 }
 

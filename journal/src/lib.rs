@@ -51,6 +51,7 @@ pub mod chain;
 pub mod config;
 #[cfg(test)]
 mod fs_tests;
+pub mod office;
 pub mod payment;
 pub mod writer;
 

@@ -1,5 +1,6 @@
 //! `sscard audit verify --journal PATH`: check the daemon's audit chain and the
-//! payments anchored to it (docs/operations.md, "What the audit chain proves"); every
+//! payments anchored to it (docs/operations.md, "What the audit chain proves"), or an
+//! issuing office's journal (its hash chain and its blacklist, docs/office.md); every
 //! finding is listed, one a line (exit code 4).
 
 use crate::exit::CliError;
@@ -17,9 +18,12 @@ pub struct Args {
 
 #[derive(clap::Subcommand)]
 enum Sub {
-    /// Verify the SHA-256 chain of the audit log and the payments anchored to it.
+    /// Verify the SHA-256 chain of the audit log and the payments anchored to it (a
+    /// daemon's journal), or of the office log and its blacklist (an office journal).
+    ///
+    /// Example: `sscard audit verify --journal /var/lib/sscard/journal.db`
     Verify {
-        /// The daemon's journal (SQLite).
+        /// The daemon's journal or an office journal (SQLite).
         #[arg(long)]
         journal: PathBuf,
     },
@@ -32,6 +36,9 @@ pub fn run(a: Args, out: &Printer) -> Result<(), CliError> {
             5,
             format!("{}: no such journal", journal.display()),
         ));
+    }
+    if sscard_journal::office::has_office_log(&journal).map_err(|e| CliError::new(5, e))? {
+        return verify_office(&journal, out);
     }
     let v = sscard_journal::verify(&journal).map_err(|e| CliError::new(5, e))?;
     if v.findings.is_empty() {
@@ -61,6 +68,35 @@ pub fn run(a: Args, out: &Printer) -> Result<(), CliError> {
         if n == 1 { "" } else { "s" },
         v.entries,
         v.payments
+    );
+    for t in v.findings.iter().take(SHOWN) {
+        msg.push_str(&format!("\n  - {t}"));
+    }
+    if n > SHOWN {
+        msg.push_str(&format!("\n  … and {} more", n - SHOWN));
+    }
+    Err(CliError::new(4, msg))
+}
+
+fn verify_office(journal: &std::path::Path, out: &Printer) -> Result<(), CliError> {
+    let v = sscard_journal::office::verify_office(journal).map_err(|e| CliError::new(5, e))?;
+    if v.findings.is_empty() {
+        let head = v
+            .head
+            .as_ref()
+            .map_or("none".to_string(), |h| format!("{} {}", h.seq, h.hash));
+        out.record(&[
+            ("office journal", "intact".to_string()),
+            ("entries", v.entries.to_string()),
+            ("head", head),
+        ]);
+        return Ok(());
+    }
+    let n = v.findings.len();
+    let mut msg = format!(
+        "office journal broken: {n} finding{} ({} entries)",
+        if n == 1 { "" } else { "s" },
+        v.entries
     );
     for t in v.findings.iter().take(SHOWN) {
         msg.push_str(&format!("\n  - {t}"));

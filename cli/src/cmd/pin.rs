@@ -12,13 +12,9 @@ use crate::exit::CliError;
 use crate::print::Printer;
 use serde_json::json;
 use sscard_driver::app::{self, AppError, Pin};
-use sscard_driver::keyprovider::keystore::{Keystore, KeystoreSecret};
-use sscard_driver::keyprovider::{KeyProvider, MemorySequence, SoftwareKeys};
 use sscard_driver::keys::KeyPurpose;
 use sscard_driver::transport::Transaction;
-use sscard_driver::TerminalId;
 use std::io::BufRead;
-use std::path::PathBuf;
 use zeroize::Zeroizing;
 
 #[derive(clap::Subcommand)]
@@ -46,15 +42,10 @@ pub struct PinArgs {
 pub struct ReloadArgs {
     #[command(flatten)]
     pin: PinArgs,
-    /// The office keystore (with the PIN purpose), with --secret-file.
-    #[arg(long, requires = "secret_file", conflicts_with = "test_keys")]
-    keystore: Option<PathBuf>,
-    /// The keystore's secret (passphrase) file.
-    #[arg(long, requires = "keystore")]
-    secret_file: Option<PathBuf>,
-    /// The test keys of vectors.json (emulated cards only).
-    #[arg(long)]
-    test_keys: bool,
+    #[command(flatten)]
+    keys: crate::office::KeyArgs,
+    #[command(flatten)]
+    office: crate::office::JournalArgs,
 }
 
 /// Where the PINs come from.
@@ -117,39 +108,6 @@ fn pin_error(e: AppError) -> CliError {
     }
 }
 
-fn office_keys(
-    a: &ReloadArgs,
-    region: sscard_driver::Region,
-) -> Result<Box<dyn KeyProvider>, CliError> {
-    if a.test_keys {
-        let tid: TerminalId = "000000000000"
-            .parse()
-            .map_err(|e| CliError::failed(format!("{e}")))?;
-        return Ok(Box::new(SoftwareKeys::test_keys(
-            region,
-            tid,
-            &[KeyPurpose::Pin],
-        )));
-    }
-    let (Some(ks), Some(sf)) = (&a.keystore, &a.secret_file) else {
-        return Err(CliError::usage(
-            "RELOAD PIN needs the office's PIN key: --keystore PATH --secret-file PATH (or --test-keys)",
-        ));
-    };
-    let secret =
-        KeystoreSecret::from_credential(sf).map_err(|e| CliError::new(5, e.to_string()))?;
-    let store = Keystore::open(ks, &secret, false).map_err(|e| CliError::new(5, e.to_string()))?;
-    if !store.purposes().contains(&KeyPurpose::Pin) {
-        return Err(CliError::usage(format!(
-            "{}: the keystore has no PIN key (an office keystore has all seven purposes)",
-            ks.display()
-        )));
-    }
-    Ok(Box::new(
-        store.into_provider(Box::new(MemorySequence::default())),
-    ))
-}
-
 pub fn run(c: PinCommand, out: &Printer) -> Result<(), CliError> {
     let (args, what) = match &c {
         PinCommand::Verify(a) => (a, "verify"),
@@ -186,8 +144,26 @@ pub fn run(c: PinCommand, out: &Printer) -> Result<(), CliError> {
         }
         (PinCommand::Reload(r), [new]) => {
             let id = app::read_card(&mut tx)?.card_id;
-            let mut keys = office_keys(r, id.region())?;
-            app::reload_pin(&mut tx, keys.as_mut(), &id, new).map(|_| "PIN reloaded, 3 tries")
+            let mut keys = r
+                .keys
+                .provider(id.region(), &[KeyPurpose::Pin], "RELOAD PIN")?;
+            let mut office = r.office.open()?;
+            let card = id.to_hex();
+            let done = app::reload_pin(&mut tx, keys.as_mut(), &id, new);
+            let (outcome, detail) = match &done {
+                Ok(()) => ("completed", json!({})),
+                Err(e) => ("failed", json!({"error": e.to_string()})),
+            };
+            office.log("pin.reload", &card, outcome, None, detail)?;
+            if done.is_ok() {
+                tx.end_with_reset()?;
+                out.value(
+                    &json!({"result": "PIN reloaded, 3 tries", "pin_pad": false}),
+                    "PIN reloaded, 3 tries",
+                );
+                return Ok(());
+            }
+            done.map(|_| "PIN reloaded, 3 tries")
         }
         _ => return Err(CliError::failed("unexpected PINs")),
     }

@@ -114,6 +114,13 @@ pub trait RawTransaction {
             "the reader has no PIN pad".into(),
         ))
     }
+    /// End the transaction with a card reset (PC/SC `SCARD_RESET_CARD`), so that every
+    /// other program sharing the reader (a running sscardd) sees a new presentation and
+    /// drops what it had read of the card. Readers no other program shares (a serial
+    /// port is held by one program) just end it.
+    fn end_with_reset(self: Box<Self>) -> Result<(), TransportError> {
+        Ok(())
+    }
 }
 
 /// A connected card.
@@ -159,6 +166,13 @@ impl<'a> Transaction<'a> {
     /// Begin a transaction on a card.
     pub fn begin(card: &'a mut dyn CardTransport) -> Result<Self, TransportError> {
         Ok(Transaction { raw: card.begin()? })
+    }
+
+    /// End the transaction with a card reset ([`RawTransaction::end_with_reset`]): what
+    /// the office's commands that write a card do, so that a daemon sharing the reader
+    /// reads it again.
+    pub fn end_with_reset(self) -> Result<(), TransportError> {
+        self.raw.end_with_reset()
     }
 
     /// Wrap an already-open raw transaction.

@@ -404,6 +404,12 @@ impl RawTransaction for PcscTransaction<'_> {
         self.new_presentation
     }
 
+    fn end_with_reset(self: Box<Self>) -> Result<(), TransportError> {
+        self.tx
+            .end(pcsc::Disposition::ResetCard)
+            .map_err(|(_, e)| map_error(e))
+    }
+
     fn pin_pad(&mut self, request: &PadRequest) -> Result<Vec<u8>, TransportError> {
         let code = match request.purpose() {
             Purpose::Verify => self.features.verify_pin_direct,
