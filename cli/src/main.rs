@@ -58,8 +58,10 @@ enum Command {
     Audit(cmd::audit::Args),
     /// Back up the daemon's journal now (online; the daemon may be running).
     Backup(cmd::backup::Args),
-    /// Keystores: create one from master keys and a region.
-    Keystore(cmd::keystore::Args),
+    /// Keys: create and show keystores (written 0600), derive a region's K2/K3 and a
+    /// card's Kc from master keys; check values only unless --reveal on a terminal.
+    #[command(alias = "keystore")]
+    Keys(cmd::keys::Args),
     /// Personalize blank cards from records (issuing office), with an issuance journal.
     Personalize(cmd::personalize::Args),
     /// Shell completions for bash, zsh, fish, elvish or powershell, on standard output
@@ -88,7 +90,7 @@ fn main() {
         Command::Script(a) => cmd::apdu::run_script(a, &out),
         Command::Audit(a) => cmd::audit::run(a, &out),
         Command::Backup(a) => cmd::backup::run(a, &out),
-        Command::Keystore(a) => cmd::keystore::run(a, &out),
+        Command::Keys(a) => cmd::keys::run(a, &out),
         Command::Personalize(a) => cmd::personalize::run(a, &out),
         Command::Completions { shell } => {
             clap_complete::generate(shell, &mut Cli::command(), "sscard", &mut std::io::stdout());

@@ -4,7 +4,7 @@ pub mod atr;
 pub mod audit;
 pub mod backup;
 pub mod info;
-pub mod keystore;
+pub mod keys;
 pub mod personalize;
 pub mod pin;
 pub mod read;

@@ -215,8 +215,23 @@ impl Keystore {
             path: path.display().to_string(),
             source: e,
         };
+        // 0600 whatever the umask: created so, and set so (a stale temporary file of
+        // another mode is replaced, not reused)
+        use std::io::Write;
+        use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
         let tmp = path.with_extension("tmp");
-        std::fs::write(&tmp, bytes).map_err(io)?;
+        let _ = std::fs::remove_file(&tmp);
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp)
+            .map_err(io)?;
+        f.set_permissions(std::fs::Permissions::from_mode(0o600))
+            .map_err(io)?;
+        f.write_all(&bytes).map_err(io)?;
+        f.sync_all().map_err(io)?;
+        drop(f);
         std::fs::rename(&tmp, path).map_err(io)
     }
 
