@@ -62,8 +62,9 @@ enum Command {
     /// card's Kc from master keys; check values only unless --reveal on a terminal.
     #[command(alias = "keystore")]
     Keys(cmd::keys::Args),
-    /// Personalize blank cards from records (issuing office), with an issuance journal.
-    Personalize(cmd::personalize::Args),
+    /// Personalize blank cards (issuing office): one from flags or a day's batch from CSV,
+    /// resumable after a crash (issuance journal), a summary report.
+    Personalize(Box<cmd::personalize::Args>),
     /// Shell completions for bash, zsh, fish, elvish or powershell, on standard output
     /// (e.g. `sscard completions bash > /usr/share/bash-completion/completions/sscard`).
     Completions { shell: clap_complete::Shell },
@@ -91,7 +92,7 @@ fn main() {
         Command::Audit(a) => cmd::audit::run(a, &out),
         Command::Backup(a) => cmd::backup::run(a, &out),
         Command::Keys(a) => cmd::keys::run(a, &out),
-        Command::Personalize(a) => cmd::personalize::run(a, &out),
+        Command::Personalize(a) => cmd::personalize::run(*a, &out),
         Command::Completions { shell } => {
             clap_complete::generate(shell, &mut Cli::command(), "sscard", &mut std::io::stdout());
             Ok(())

@@ -186,8 +186,13 @@ fn keystore_create_then_personalize_a_blank_card_twice_issues_once() {
     ];
     let (code, out, err) = sscard(&args);
     assert_eq!(code, 0, "{err}");
-    let o: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    let lines: Vec<serde_json::Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let o = &lines[0];
     assert_eq!(o["outcome"], "issued");
+    assert_eq!(lines[1]["summary"]["issued"], 1, "{out}");
     assert_eq!(o["card_id"], "650200D156000005A1A2A3A4A5A6A7A8");
     let (code, out, _) = sscard(&["--json", "read", "--reader", v.reader()]);
     assert_eq!(code, 0);

@@ -494,7 +494,8 @@ impl IssuanceJournal {
             .map_err(jerr)
     }
 
-    fn card_number_of_chip(&self, serial: &str) -> Result<Option<String>, PersoError> {
+    /// The card number a chip (16 hex digits) is bound to, if any.
+    pub fn card_number_of_chip(&self, serial: &str) -> Result<Option<String>, PersoError> {
         use rusqlite::OptionalExtension;
         self.db
             .query_row(

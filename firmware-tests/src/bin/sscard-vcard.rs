@@ -39,7 +39,8 @@ struct Args {
     /// ATR: t0, t1 or hex bytes (default: follows --t0).
     #[arg(long)]
     atr: Option<String>,
-    /// Delay before every answer, in milliseconds.
+    /// Delay before every answer, in milliseconds (a blank chip's too: a slow
+    /// personalization, for tests that interrupt one).
     #[arg(long, default_value_t = 0)]
     delay_ms: u64,
     /// Tear the card out after the Nth command with INS (hex): INS:N[:commit|nocommit].
@@ -374,6 +375,28 @@ fn serve_serial(a: &Args, card: Box<dyn VirtualCard>, what: &str) -> ! {
     }
 }
 
+/// A blank chip answering `--delay-ms` late (the issued card has its own knob).
+struct Delayed(Box<dyn VirtualCard>, Duration);
+
+impl VirtualCard for Delayed {
+    fn atr(&self) -> Vec<u8> {
+        self.0.atr()
+    }
+    fn power_on(&mut self) {
+        self.0.power_on()
+    }
+    fn power_off(&mut self) {
+        self.0.power_off()
+    }
+    fn reset(&mut self) {
+        self.0.reset()
+    }
+    fn process(&mut self, command: &[u8]) -> sscard_firmware_tests::Reply {
+        std::thread::sleep(self.1);
+        self.0.process(command)
+    }
+}
+
 fn main() {
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
@@ -419,10 +442,11 @@ fn main() {
                 .unwrap_or_else(|e| fail(e)),
             None => Chip::blank(s, &test_manufacturer_key(), factory),
         };
-        (
-            Box::new(chip),
-            format!("blank chip {}", hex::encode_upper(s)),
-        )
+        let chip: Box<dyn VirtualCard> = match a.delay_ms {
+            0 => Box::new(chip),
+            ms => Box::new(Delayed(Box::new(chip), Duration::from_millis(ms))),
+        };
+        (chip, format!("blank chip {}", hex::encode_upper(s)))
     } else {
         let mut p = Personalization::default_test_card();
         p.region = a.region.clone();
