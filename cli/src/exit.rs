@@ -69,11 +69,21 @@ impl From<sscard_driver::TransportError> for CliError {
     fn from(e: sscard_driver::TransportError) -> Self {
         use sscard_driver::TransportError as T;
         let code = match &e {
-            T::ServiceUnavailable(_) | T::NoReader(_) | T::NoCard | T::CardRemoved => 3,
+            T::ServiceUnavailable(_) | T::NoReader(_) | T::NoCard | T::CardRemoved | T::Busy => 3,
             _ => 1,
         };
         let msg = match &e {
             T::ServiceUnavailable(_) => format!("{e} (is pcscd running?)"),
+            T::NoCard => format!("{e}: insert a card, or pick another reader with --reader"),
+            T::NoReader(_) => format!("{e}: `sscard readers` lists the readers"),
+            T::Busy => match running_daemon() {
+                Some(pid) => format!(
+                    "the reader is held by a running sscardd (pid {pid}): stop it for office work \
+                     on this reader (systemctl stop sscardd), or use the commands that go through \
+                     its socket (sscard pay, query, refund, settle, health)"
+                ),
+                None => format!("{e}: close the program that holds it, or pick another reader"),
+            },
             _ => e.to_string(),
         };
         CliError::new(code, msg)
@@ -93,4 +103,14 @@ impl From<sscard_driver::app::AppError> for CliError {
             other => CliError::failed(other.to_string()),
         }
     }
+}
+
+/// The pid of a running `sscardd`, if there is one (from /proc): when a reader is busy,
+/// it is most often the daemon that holds it.
+fn running_daemon() -> Option<u32> {
+    std::fs::read_dir("/proc").ok()?.flatten().find_map(|d| {
+        let pid: u32 = d.file_name().to_str()?.parse().ok()?;
+        let comm = std::fs::read_to_string(d.path().join("comm")).ok()?;
+        (comm.trim_end() == "sscardd").then_some(pid)
+    })
 }

@@ -244,3 +244,69 @@ fn one_card_from_flags_and_records_checked_before_any_card() {
     );
     assert_eq!(code, 0, "{err}");
 }
+
+#[test]
+fn a_reader_held_by_a_running_sscardd_is_named_with_what_to_do() {
+    use std::io::BufRead;
+    // every vpcd slot held: the daemon takes up every reader it sees
+    let mut slots = sscard_firmware_tests::testbed::SlotLease::acquire_all();
+    let v = Vcard::start_in(slots.remove(0), &[]);
+    let dir = tempfile::tempdir().unwrap();
+    let mut daemon = Command::new(bin_path("sscardd"))
+        .env("SSCARD_LOG", "warn")
+        .arg("--dev")
+        .arg("--socket")
+        .arg(dir.path().join("s.sock"))
+        .arg("--journal")
+        .arg(dir.path().join("journal.db"))
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(daemon.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert!(line.starts_with("socket: "), "{line}");
+    let journal = dir.path().join("office.db");
+    let args = [
+        "personalize",
+        "--card-number",
+        "A65020401",
+        "--ssn",
+        "650102200001011234",
+        "--name",
+        "王五",
+        "--gender",
+        "1",
+        "--birth-date",
+        "2000-01-01",
+        "--region",
+        "650200",
+        "--insured-category",
+        "02",
+        "--pin-stdin",
+        "--journal",
+        journal.to_str().unwrap(),
+        "--reader",
+        v.reader(),
+        "--test-keys",
+        "--wait",
+        "1",
+    ];
+    // the daemon takes the card up once it has seen it; until then the reader is free
+    // (and the issued card refused as not blank)
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let err = loop {
+        let (code, _, err) = sscard(&args, "975310\n");
+        if code == 3 && err.contains("sscardd") {
+            break err;
+        }
+        assert!(Instant::now() < deadline, "never held: {code} {err}");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert!(err.contains("held by a running sscardd (pid"), "{err}");
+    assert!(err.contains("systemctl stop sscardd"), "{err}");
+    assert!(err.contains("go through its socket"), "{err}");
+    let _ = daemon.kill();
+    let _ = daemon.wait();
+}

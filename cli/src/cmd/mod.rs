@@ -81,5 +81,5 @@ pub fn connect(reader: Option<&str>) -> Result<PcscCard, CliError> {
         }
     };
     ctx.connect(&name, ShareMode::Shared, None)
-        .map_err(CliError::from)
+        .map_err(|e| CliError::from(e).context(format!("reader {name}")))
 }
