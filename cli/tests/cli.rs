@@ -809,3 +809,32 @@ fn completions_and_the_manual_page_come_from_the_same_definitions() {
     );
     assert_eq!(sscard(&["completions", "tcsh"]).0, 2);
 }
+
+#[test]
+fn card_commands_through_a_serial_reader() {
+    use sscard_firmware_tests::testbed::SerialVcard;
+    let v = SerialVcard::start("GemPCTwin", &[]);
+    let spec = format!("{}:GemPCTwin", v.pty.display());
+    let (code, out, err) = sscard(&["--json", "read", "--serial", &spec]);
+    assert_eq!(code, 0, "{err}");
+    let j: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(j["name"], "张三");
+    let (code, out, err) = sscard(&["atr", "--serial", &spec]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("SSC-AES"), "{out}");
+    let (code, out, err) = sscard(&["--json", "info", "--serial", &spec, "--test-keys"]);
+    assert_eq!(code, 0, "{err}");
+    let j: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(j["genuine"], true, "{j}");
+    let (code, out, err) = sscard_in(
+        &["pin", "verify", "--serial", &spec, "--pin-stdin"],
+        "123456\n",
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("PIN verified"), "{out}");
+    // the card pulled out: exit 3, and what to do
+    v.signal("USR1");
+    let (code, _, err) = sscard(&["read", "--serial", &spec]);
+    assert_eq!(code, 3, "{err}");
+    assert!(err.contains("insert a card"), "{err}");
+}

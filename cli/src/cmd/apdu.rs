@@ -28,6 +28,9 @@ use sscard_driver::StatusWord;
 use std::path::PathBuf;
 
 #[derive(clap::Args)]
+#[command(after_help = "Examples:
+  sscard apdu 00A404000F7378312E73682EC9E7BBE1B1A3D5CF 00B2010000
+  sscard apdu --serial /dev/ttyUSB0:GemPCTwin 0084000008")]
 pub struct ApduArgs {
     #[command(flatten)]
     reader: super::ReaderArgs,
@@ -38,6 +41,9 @@ pub struct ApduArgs {
 }
 
 #[derive(clap::Args)]
+#[command(after_help = "Examples:
+  sscard script check-card.apdu        (docs/technician.md: the script format)
+  sscard --json script --reader 'ACS ACR39U 00 00' check-card.apdu")]
 pub struct ScriptArgs {
     #[command(flatten)]
     reader: super::ReaderArgs,

@@ -4,14 +4,16 @@
 
 use crate::exit::CliError;
 use crate::print::Printer;
-use sscard_driver::transport::CardTransport;
 use sscard_driver::Atr;
 
 #[derive(clap::Args)]
+#[command(after_help = "Examples:
+  sscard atr                                   the ATR of the card in the reader
+  sscard atr 3B6A00005353432D4145532076 31     explain one given in hex
+  sscard atr --serial /dev/ttyS0:GemCorePOSPro --slot 1   a PSAM's")]
 pub struct Args {
-    /// Reader name (default: the only reader holding a card).
-    #[arg(long)]
-    reader: Option<String>,
+    #[command(flatten)]
+    reader: super::ReaderArgs,
     /// An ATR in hex to explain instead of reading one.
     hex: Option<String>,
 }
@@ -20,7 +22,7 @@ pub fn run(a: Args, out: &Printer) -> Result<(), CliError> {
     let bytes = match &a.hex {
         Some(h) => hex::decode(h.replace([' ', ':'], ""))
             .map_err(|_| CliError::usage(format!("not hex: {h:?}")))?,
-        None => super::connect(a.reader.as_deref())?.status()?.atr,
+        None => a.reader.open()?.status()?.atr,
     };
     let analysis =
         Atr::analyse(&bytes).map_err(|e| CliError::failed(format!("invalid ATR: {e}")))?;

@@ -11,6 +11,9 @@ use sscard_journal::config::{BackupConfig, JournalFiles, DEFAULT_PATH};
 use std::path::PathBuf;
 
 #[derive(clap::Args)]
+#[command(after_help = "Examples:
+  sscard backup                                   per /etc/sscard/sscardd.toml
+  sscard backup --journal /var/lib/sscard/journal.db --dir /var/backups/sscard")]
 pub struct Args {
     /// The daemon's configuration [default: /etc/sscard/sscardd.toml, unless both
     /// --journal and --dir are given].

@@ -17,6 +17,10 @@ use sscard_driver::TerminalId;
 use std::path::PathBuf;
 
 #[derive(clap::Args)]
+#[command(after_help = "Examples:
+  sscard info                                     records, state, tries, balance, log
+  sscard info --test-keys                         and whether the card is genuine
+  sscard --json info --serial /dev/ttyUSB0:GemPCPinPad")]
 pub struct Args {
     #[command(flatten)]
     reader: super::ReaderArgs,

@@ -6,15 +6,18 @@ use sscard_driver::app;
 use sscard_driver::transport::Transaction;
 
 #[derive(clap::Args)]
+#[command(after_help = "Examples:
+  sscard read                      the card in the only reader holding one
+  sscard --json read --reader 'Gemalto PC Twin Reader 00 00'
+  sscard read --serial /dev/ttyUSB0:GemPCTwin")]
 pub struct Args {
-    /// Reader name (default: the only reader holding a card).
-    #[arg(long)]
-    reader: Option<String>,
+    #[command(flatten)]
+    reader: super::ReaderArgs,
 }
 
 pub fn run(a: Args, out: &Printer) -> Result<(), CliError> {
-    let mut card = super::connect(a.reader.as_deref())?;
-    let mut tx = Transaction::begin(&mut card)?;
+    let mut card = a.reader.open()?;
+    let mut tx = Transaction::begin(card.as_mut())?;
     let rec = app::read_card(&mut tx)?;
     let v = serde_json::to_value(&rec).map_err(|e| CliError::failed(e.to_string()))?;
     let fields = [

@@ -12,6 +12,10 @@ use sscard_driver::transport::serial::reader::SerialReader;
 use sscard_driver::transport::{CardTransport, TransportError};
 
 #[derive(clap::Args)]
+#[command(after_help = "Examples:
+  sscard readers                                  every PC/SC reader, card, ATR, PIN pad
+  sscard readers --serial /dev/ttyS0:GemCorePOSPro   and the slots of a serial reader
+  sscard --json readers")]
 pub struct Args {
     /// A serial reader `PATH[:MODEL]` to look at too (GemPCTwin, GemPCPinPad,
     /// GemCorePOSPro, GemCoreSIMPro; split at the last colon), repeatable. A port

@@ -5,6 +5,9 @@ use crate::print::Printer;
 use sscard_driver::StatusWord;
 
 #[derive(clap::Args)]
+#[command(after_help = "Examples:
+  sscard sw 63C1                                  wrong PIN, 1 try left
+  sscard --json sw 9401")]
 pub struct Args {
     /// Four hex digits, e.g. 6A82.
     code: String,

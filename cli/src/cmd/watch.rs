@@ -14,6 +14,9 @@ use sscard_driver::transport::serial::reader::SerialReader;
 use std::time::{Duration, Instant};
 
 #[derive(clap::Args)]
+#[command(after_help = "Examples:
+  sscard watch                                    card and reader events until Ctrl-C
+  sscard --json watch --serial /dev/ttyUSB0:GemPCTwin")]
 pub struct Args {
     /// A serial reader `PATH[:MODEL]` to watch too (polled every 200 ms), repeatable.
     #[arg(long = "serial", value_name = "PATH[:MODEL]")]
