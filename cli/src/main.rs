@@ -112,3 +112,39 @@ fn main() {
         std::process::exit(e.code());
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::Cli;
+    use clap::CommandFactory;
+
+    /// Every command a user runs shows an example in its `--help`.
+    #[test]
+    fn every_command_has_an_example_in_its_help() {
+        fn walk(c: &mut clap::Command, path: &str, missing: &mut Vec<String>) {
+            let name = format!("{path} {}", c.get_name()).trim().to_string();
+            let subs: Vec<String> = c
+                .get_subcommands()
+                .map(|s| s.get_name().to_string())
+                .filter(|n| n != "help")
+                .collect();
+            if subs.is_empty() {
+                let help = c.render_long_help().to_string();
+                if !help.contains("Example") && !matches!(c.get_name(), "completions" | "man") {
+                    missing.push(name);
+                }
+                return;
+            }
+            for s in subs {
+                if let Some(sc) = c.find_subcommand_mut(&s) {
+                    walk(sc, &name, missing);
+                }
+            }
+        }
+        let mut missing = Vec::new();
+        let mut cli = Cli::command();
+        cli.build();
+        walk(&mut cli, "", &mut missing);
+        assert!(missing.is_empty(), "no example in --help: {missing:?}");
+    }
+}

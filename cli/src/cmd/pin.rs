@@ -20,11 +20,19 @@ use zeroize::Zeroizing;
 #[derive(clap::Subcommand)]
 pub enum PinCommand {
     /// The holder proves the PIN (VERIFY); a wrong one says the tries left.
+    #[command(after_help = "Examples:
+  sscard pin verify                      typed on the reader's pad, or on this terminal
+  echo 123456 | sscard pin verify --pin-stdin --serial /dev/ttyUSB0:GemPCTwin")]
     Verify(PinArgs),
     /// The holder changes the PIN (CHANGE PIN: current, then new twice).
+    #[command(after_help = "Examples:
+  sscard pin change
+  printf '123456\\n246810\\n246810\\n' | sscard pin change --pin-stdin")]
     Change(PinArgs),
     /// The office sets a new PIN on a card whose PIN is forgotten or blocked (RELOAD
-    /// PIN, MAC with the PIN key); the tries are back to 3.
+    /// PIN, MAC with the PIN key); the tries are back to 3. In the office journal.
+    #[command(after_help = "Example:
+  sscard pin reload --journal office.db --keystore office.keystore --secret-file pass")]
     Reload(ReloadArgs),
 }
 
