@@ -60,6 +60,15 @@ enum Command {
     Backup(cmd::backup::Args),
     /// Keystores: create one from master keys and a region.
     Keystore(cmd::keystore::Args),
+    /// The office's changes to a card it holds: update (insurance), block, unblock,
+    /// replace. Example: `sscard card block --reason "reported lost" --keystore office.ks
+    /// --secret-file office.secret --journal office.db`
+    #[command(subcommand)]
+    Card(cmd::card::CardCommand),
+    /// Load money onto the card's purse (the office, LOAD key, PIN verified), journaled
+    /// pending before CREDIT. Example: `sscard load --amount 10000 --keystore office.ks
+    /// --secret-file office.secret --journal office.db`
+    Load(cmd::load::Args),
     /// Personalize blank cards from records (issuing office), with an issuance journal.
     Personalize(cmd::personalize::Args),
     /// Shell completions for bash, zsh, fish, elvish or powershell, on standard output
@@ -89,6 +98,8 @@ fn main() {
         Command::Audit(a) => cmd::audit::run(a, &out),
         Command::Backup(a) => cmd::backup::run(a, &out),
         Command::Keystore(a) => cmd::keystore::run(a, &out),
+        Command::Card(c) => cmd::card::run(c, &out),
+        Command::Load(a) => cmd::load::run(a, &out),
         Command::Personalize(a) => cmd::personalize::run(a, &out),
         Command::Completions { shell } => {
             clap_complete::generate(shell, &mut Cli::command(), "sscard", &mut std::io::stdout());

@@ -44,14 +44,31 @@ pub struct Args {
 }
 
 fn keys(a: &Args) -> Result<IssuerKeys, CliError> {
-    if a.test_keys {
-        let region = a
-            .region
+    issuer_keys(
+        a.test_keys,
+        &a.region,
+        a.keystore.as_deref(),
+        a.secret_file.as_deref(),
+        a.manufacturer_key.as_deref(),
+    )
+}
+
+/// The issuer's keys: the test keys of `region`, or an office keystore, its secret and
+/// the manufacturer's batch key (also `sscard card replace`'s).
+pub(crate) fn issuer_keys(
+    test_keys: bool,
+    region: &str,
+    keystore: Option<&std::path::Path>,
+    secret_file: Option<&std::path::Path>,
+    manufacturer_key: Option<&std::path::Path>,
+) -> Result<IssuerKeys, CliError> {
+    if test_keys {
+        let region = region
             .parse()
             .map_err(|e| CliError::usage(format!("--region: {e}")))?;
         return Ok(IssuerKeys::test_keys(region));
     }
-    let (Some(ks), Some(sf), Some(mk)) = (&a.keystore, &a.secret_file, &a.manufacturer_key) else {
+    let (Some(ks), Some(sf), Some(mk)) = (keystore, secret_file, manufacturer_key) else {
         return Err(CliError::usage(
             "--keystore, --secret-file and --manufacturer-key, or --test-keys",
         ));
