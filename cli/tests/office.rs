@@ -880,3 +880,59 @@ fn a_replace_given_up_leaves_the_old_card_off_the_blacklist() {
     assert_eq!(code, 0, "{err}");
     assert_eq!(blacklist(&journal).len(), 1);
 }
+
+#[test]
+fn a_replace_that_failed_after_the_card_was_issued_only_blacklists_on_resume() {
+    let v = Vcard::start(&["--blank", "--serial", "D1D2D3D4D5D6D7D8"]);
+    let dir = tempfile::tempdir().unwrap();
+    let journal = dir.path().join("office.db");
+    let rec = record_file(dir.path(), "A65020444");
+    let off = office(&journal, "clerk13");
+    // the journal created (nothing to resume yet), then its blacklist made to fail: the
+    // card is issued, the last step is not written
+    let (code, _, _) = sscard(&with(&["card", "replace", "--resume"], &off));
+    assert_eq!(code, 1);
+    let db = rusqlite::Connection::open(&journal).unwrap();
+    db.execute_batch(
+        "CREATE TRIGGER fail_blacklist BEFORE INSERT ON office_blacklist
+         BEGIN SELECT RAISE(ABORT, 'disk full'); END;",
+    )
+    .unwrap();
+    let (code, _, err) = sscard(&with(
+        &[
+            "card",
+            "replace",
+            "--reader",
+            v.reader(),
+            "--old",
+            "A65020004",
+            "--records",
+            rec.to_str().unwrap(),
+        ],
+        &off,
+    ));
+    assert_eq!(code, 5, "{err}");
+    assert!(
+        err.contains("disk full") && err.contains("--resume"),
+        "{err}"
+    );
+    assert_eq!(
+        issuance_state(&journal, "A65020444").as_deref(),
+        Some("issued")
+    );
+    assert!(blacklist(&journal).is_empty());
+    db.execute_batch("DROP TRIGGER fail_blacklist").unwrap();
+    // the new card is issued: --resume needs neither the records nor the card
+    let (code, out, err) = sscard(&with(&["--json", "card", "replace", "--resume"], &off));
+    assert_eq!(code, 0, "{err}");
+    let j = json(&out);
+    assert_eq!(j["card_id"], "650200D156000005D1D2D3D4D5D6D7D8");
+    assert_eq!(j["old"], "A65020004");
+    assert_eq!(
+        blacklist(&journal),
+        vec![("A65020004".to_string(), "replaced by A65020444".to_string())]
+    );
+    let got: Vec<String> = entries(&journal).into_iter().map(|e| e.4).collect();
+    assert_eq!(got, vec!["pending", "completed"]);
+    audit_ok(&journal);
+}

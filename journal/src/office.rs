@@ -182,9 +182,12 @@ impl OfficeJournal {
             )
             .optional()?;
         if open.as_ref().map(|(c, k)| (c.as_str(), k.as_str())) != Some(("card.replace", old)) {
-            return Err(rusqlite::Error::InvalidParameterName(format!(
-                "entry {pending} is not an open card.replace of {old}"
-            )));
+            return Err(rusqlite::Error::SqliteFailure(
+                rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_CONSTRAINT),
+                Some(format!(
+                    "entry {pending} is not an open card.replace of {old}"
+                )),
+            ));
         }
         let reason = format!("replaced by {new}");
         tx.execute(

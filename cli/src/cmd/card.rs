@@ -586,7 +586,11 @@ fn replace(a: ReplaceArgs, out: &Printer) -> Result<(), CliError> {
             &new,
             json!({"card_id": card_id}),
         )
-        .map_err(|e| office.error(e))?;
+        .map_err(|e| {
+            office.error(e).context(format!(
+                "{new} is issued (card {card_id}) but {old} is not on the blacklist yet: fix the journal's problem and run sscard card replace --resume"
+            ))
+        })?;
     let text = format!(
         "card {old} replaced by {new} (card {card_id}): {new} issued, {old} on the office blacklist"
     );
