@@ -62,6 +62,15 @@ enum Command {
     /// card's Kc from master keys; check values only unless --reveal on a terminal.
     #[command(alias = "keystore")]
     Keys(cmd::keys::Args),
+    /// The office's changes to a card it holds: update (insurance), block, unblock,
+    /// replace. Example: `sscard card block --reason "reported lost" --keystore office.ks
+    /// --secret-file office.secret --journal office.db`
+    #[command(subcommand)]
+    Card(cmd::card::CardCommand),
+    /// Load money onto the card's purse (the office, LOAD key, PIN verified), journaled
+    /// pending before CREDIT. Example: `sscard load --amount 10000 --keystore office.ks
+    /// --secret-file office.secret --journal office.db`
+    Load(cmd::load::Args),
     /// Personalize blank cards (issuing office): one from flags or a day's batch from CSV,
     /// resumable after a crash (issuance journal), a summary report.
     Personalize(Box<cmd::personalize::Args>),
@@ -92,6 +101,8 @@ fn main() {
         Command::Audit(a) => cmd::audit::run(a, &out),
         Command::Backup(a) => cmd::backup::run(a, &out),
         Command::Keys(a) => cmd::keys::run(a, &out),
+        Command::Card(c) => cmd::card::run(c, &out),
+        Command::Load(a) => cmd::load::run(a, &out),
         Command::Personalize(a) => cmd::personalize::run(*a, &out),
         Command::Completions { shell } => {
             clap_complete::generate(shell, &mut Cli::command(), "sscard", &mut std::io::stdout());

@@ -16,8 +16,9 @@
 //!   newest entries are found.
 //! - `office_blacklist`: the office's list of lost and suspended cards (`card`,
 //!   `reason`, `until`), changed only together with a `blacklist.add` /
-//!   `blacklist.remove` entry; [`verify_office`] replays those entries and finds a
-//!   table edited behind the log's back.
+//!   `blacklist.remove` entry or a completed `card.replace` (which lists its
+//!   `detail.old`, "replaced by `detail.new`"); [`verify_office`] replays those entries
+//!   and finds a table edited behind the log's back.
 //!
 //! An operation whose outcome the card decides (a load: CREDIT) is written `pending`
 //! before the command goes to the card and closed by a later entry whose `ref_seq`
@@ -147,6 +148,72 @@ impl OfficeJournal {
         ))?;
         let rows = st.query_map([command], entry_row)?;
         rows.collect()
+    }
+
+    /// The open `pending` entries of `command` for one `card`, oldest first.
+    pub fn open_items_of(&self, command: &str, card: &str) -> JResult<Vec<OfficeEntry>> {
+        Ok(self
+            .open_items(command)?
+            .into_iter()
+            .filter(|e| e.card == card)
+            .collect())
+    }
+
+    /// Close the `card.replace` entry `pending` as completed: the old card number
+    /// `old` goes on the office's blacklist ("replaced by `new`") and the closing entry
+    /// (`detail`: `old`, `new`, `reason`, and what `extra` adds) is written, in one
+    /// transaction. `pending` must be an open `card.replace` entry for `old`; returns
+    /// the closing entry's `seq`.
+    pub fn replace_completed(
+        &mut self,
+        operator: &str,
+        pending: i64,
+        old: &str,
+        new: &str,
+        extra: Value,
+    ) -> JResult<i64> {
+        let tx = self.db.transaction()?;
+        let open: Option<(String, String)> = tx
+            .query_row(
+                "SELECT command, card FROM office_log p WHERE seq=?1 AND outcome='pending'
+                 AND NOT EXISTS (SELECT 1 FROM office_log c WHERE c.ref_seq = p.seq)",
+                [pending],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()?;
+        if open.as_ref().map(|(c, k)| (c.as_str(), k.as_str())) != Some(("card.replace", old)) {
+            return Err(rusqlite::Error::SqliteFailure(
+                rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_CONSTRAINT),
+                Some(format!(
+                    "entry {pending} is not an open card.replace of {old}"
+                )),
+            ));
+        }
+        let reason = format!("replaced by {new}");
+        tx.execute(
+            "INSERT INTO office_blacklist(card, reason, until) VALUES(?1, ?2, NULL)
+             ON CONFLICT(card) DO UPDATE SET reason=?2, until=NULL",
+            params![old, reason],
+        )?;
+        let mut detail = json!({"old": old, "new": new, "reason": reason});
+        if let (Some(d), Value::Object(x)) = (detail.as_object_mut(), extra) {
+            for (k, v) in x {
+                d.entry(k).or_insert(v);
+            }
+        }
+        let seq = append_in(
+            &tx,
+            &NewEntry {
+                operator,
+                command: "card.replace",
+                card: old,
+                outcome: "completed",
+                ref_seq: Some(pending),
+                detail,
+            },
+        )?;
+        tx.commit()?;
+        Ok(seq)
     }
 
     /// Entries, oldest first: of one card (card number or card id) and/or one command,
@@ -323,7 +390,7 @@ pub fn has_office_log(path: &Path) -> Result<bool, String> {
 /// Check an office journal (read-only): each entry's hash covers its content and the
 /// previous hash, `seq` has no gap, the head names the last entry, each `ref_seq`
 /// names an earlier `pending` entry, and the blacklist table is what the
-/// `blacklist.*` entries leave.
+/// `blacklist.*` entries and the completed `card.replace` entries leave.
 pub fn verify_office(path: &Path) -> Result<OfficeVerification, String> {
     let db = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY)
         .map_err(|e| e.to_string())?;
@@ -378,6 +445,26 @@ fn verify_db(db: &Connection) -> JResult<OfficeVerification> {
             }
             "blacklist.remove" => {
                 replay.remove(&e.card);
+            }
+            // a completed replacement put the old card number on the blacklist
+            "card.replace" if e.outcome == "completed" => {
+                if let Some(old) = e.detail["old"].as_str() {
+                    let reason = match e.detail["reason"].as_str() {
+                        Some(r) => r.to_string(),
+                        None => format!(
+                            "replaced by {}",
+                            e.detail["new"].as_str().unwrap_or_default()
+                        ),
+                    };
+                    replay.insert(
+                        old.to_string(),
+                        OfficeBlacklisted {
+                            card: old.to_string(),
+                            reason,
+                            until: None,
+                        },
+                    );
+                }
             }
             _ => {}
         }
@@ -513,6 +600,83 @@ mod tests {
         let f = verify_office(&path).unwrap().findings;
         assert!(
             f.iter().any(|t| t.contains("not an open pending entry")),
+            "{f:?}"
+        );
+    }
+
+    #[test]
+    fn a_completed_replacement_blacklists_the_old_number_and_verifies() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("office.db");
+        let mut j = OfficeJournal::open(&path).unwrap();
+        let pending = j
+            .append(&NewEntry {
+                operator: "clerk2",
+                command: "card.replace",
+                card: "A65020001",
+                outcome: "pending",
+                ref_seq: None,
+                detail: json!({"old": "A65020001", "new": "A65020777"}),
+            })
+            .unwrap();
+        assert_eq!(
+            j.open_items_of("card.replace", "A65020001").unwrap().len(),
+            1
+        );
+        assert!(j
+            .open_items_of("card.replace", "A65029999")
+            .unwrap()
+            .is_empty());
+        // only an open card.replace of that old number can be closed
+        assert!(j
+            .replace_completed("clerk2", pending, "A65020002", "A65020777", json!({}))
+            .is_err());
+        assert!(
+            j.blacklist().unwrap().is_empty(),
+            "nothing written on a refusal"
+        );
+        let seq = j
+            .replace_completed(
+                "clerk2",
+                pending,
+                "A65020001",
+                "A65020777",
+                json!({"card_id": "650200D156000005A1A2A3A4A5A6A7A8", "old": "ignored"}),
+            )
+            .unwrap();
+        assert_eq!(seq, pending + 1);
+        assert!(j.open_items("card.replace").unwrap().is_empty());
+        assert_eq!(
+            j.blacklist().unwrap(),
+            vec![OfficeBlacklisted {
+                card: "A65020001".into(),
+                reason: "replaced by A65020777".into(),
+                until: None,
+            }]
+        );
+        let closing = j.entries(None, Some("card.replace"), None).unwrap();
+        assert_eq!(
+            closing[1].detail["old"], "A65020001",
+            "extra keys never override"
+        );
+        assert_eq!(
+            closing[1].detail["card_id"],
+            "650200D156000005A1A2A3A4A5A6A7A8"
+        );
+        assert_eq!(closing[1].ref_seq, Some(pending));
+        // closed once: a second close is refused
+        assert!(j
+            .replace_completed("clerk2", pending, "A65020001", "A65020777", json!({}))
+            .is_err());
+        let v = verify_office(&path).unwrap();
+        assert_eq!((v.entries, v.findings), (2, vec![]));
+        // the row taken off the table behind the log's back is found
+        j.connection()
+            .execute("DELETE FROM office_blacklist", [])
+            .unwrap();
+        let f = verify_office(&path).unwrap().findings;
+        assert!(
+            f.iter().any(|t| t.contains("A65020001 was removed")),
             "{f:?}"
         );
     }

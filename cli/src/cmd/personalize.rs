@@ -147,11 +147,17 @@ fn record(fields: serde_json::Map<String, Value>, what: &str) -> Result<PersoRec
     Ok(rec)
 }
 
-fn read_records(path: &std::path::Path) -> Result<Vec<PersoRecord>, CliError> {
+/// The records of a file: CSV with a header row, a JSON array, or one JSON object.
+pub(crate) fn read_records(path: &std::path::Path) -> Result<Vec<PersoRecord>, CliError> {
     let text = Zeroizing::new(
         std::fs::read_to_string(path)
             .map_err(|e| CliError::new(5, format!("{}: {e}", path.display())))?,
     );
+    if text.trim_start().starts_with('{') {
+        let row: serde_json::Map<String, Value> = serde_json::from_str(&text)
+            .map_err(|_| CliError::new(5, format!("{}: not a JSON record", path.display())))?;
+        return Ok(vec![record(row, &path.display().to_string())?]);
+    }
     if text.trim_start().starts_with('[') {
         let rows: Vec<serde_json::Map<String, Value>> =
             serde_json::from_str(&text).map_err(|_| {
@@ -282,14 +288,31 @@ fn read_pin(stdin: bool) -> Result<Zeroizing<String>, CliError> {
 }
 
 fn keys(a: &Args) -> Result<IssuerKeys, CliError> {
-    if a.test_keys {
-        let region = a
-            .test_region
+    issuer_keys(
+        a.test_keys,
+        &a.test_region,
+        a.keystore.as_deref(),
+        a.secret_file.as_deref(),
+        a.manufacturer_key.as_deref(),
+    )
+}
+
+/// The issuer's keys: the test keys of `region`, or an office keystore, its secret and
+/// the manufacturer's batch key (also `sscard card replace`'s).
+pub(crate) fn issuer_keys(
+    test_keys: bool,
+    region: &str,
+    keystore: Option<&std::path::Path>,
+    secret_file: Option<&std::path::Path>,
+    manufacturer_key: Option<&std::path::Path>,
+) -> Result<IssuerKeys, CliError> {
+    if test_keys {
+        let region = region
             .parse()
             .map_err(|e| CliError::usage(format!("--region: {e}")))?;
         return Ok(IssuerKeys::test_keys(region));
     }
-    let (Some(ks), Some(sf), Some(mk)) = (&a.keystore, &a.secret_file, &a.manufacturer_key) else {
+    let (Some(ks), Some(sf), Some(mk)) = (keystore, secret_file, manufacturer_key) else {
         return Err(CliError::usage(
             "--keystore, --secret-file and --manufacturer-key, or --test-keys",
         ));

@@ -56,16 +56,16 @@ pub struct ReloadArgs {
     office: crate::office::JournalArgs,
 }
 
-/// Where the PINs come from.
-enum Source {
+/// Where the PINs come from (also `sscard load`'s).
+pub(crate) enum Source {
     Pad,
     Terminal,
     Stdin(std::io::StdinLock<'static>),
 }
 
 impl Source {
-    fn choose(a: &PinArgs, pad: bool) -> Result<Source, CliError> {
-        if a.pin_stdin {
+    pub(crate) fn choose(pin_stdin: bool, pad: bool) -> Result<Source, CliError> {
+        if pin_stdin {
             return Ok(Source::Stdin(std::io::stdin().lock()));
         }
         if pad {
@@ -75,7 +75,7 @@ impl Source {
     }
 
     /// One PIN, asked with `prompt` on the terminal.
-    fn read(&mut self, prompt: &str) -> Result<Pin, CliError> {
+    pub(crate) fn read(&mut self, prompt: &str) -> Result<Pin, CliError> {
         let text: Zeroizing<String> = match self {
             Source::Pad => return Err(CliError::failed("the PIN is typed on the pad")),
             Source::Stdin(lines) => {
@@ -108,7 +108,7 @@ impl Source {
 }
 
 /// The exit code of a PIN failure: 4 (security) for a wrong or blocked PIN.
-fn pin_error(e: AppError) -> CliError {
+pub(crate) fn pin_error(e: AppError) -> CliError {
     match &e {
         AppError::PinWrong { .. } | AppError::PinBlocked => CliError::new(4, e.to_string()),
         AppError::PinEntry(_) => CliError::failed(e.to_string()),
@@ -124,7 +124,7 @@ pub fn run(c: PinCommand, out: &Printer) -> Result<(), CliError> {
     };
     let mut card = args.reader.open()?;
     let pad = card.capabilities().pin_pad;
-    let mut src = Source::choose(args, pad && what != "reload")?;
+    let mut src = Source::choose(args.pin_stdin, pad && what != "reload")?;
     // PINs are asked before the card is taken: nothing waits on the holder mid-transaction
     let pins: Vec<Pin> = match (&src, what) {
         (Source::Pad, _) => Vec::new(),

@@ -16,8 +16,8 @@ pub use pin::{
     Pin,
 };
 pub use purse::{
-    balance, bcd_datetime, initialize_purchase, load, recover_purchase, transaction_log, LoadProof,
-    LogRecord, PreparedPurchase, PurchaseProof, Recovery,
+    balance, bcd_datetime, initialize_load, initialize_purchase, load, recover_purchase,
+    transaction_log, LoadProof, LogRecord, PreparedLoad, PreparedPurchase, PurchaseProof, Recovery,
 };
 pub use records::{read_card, read_policy, read_rest, CardRecord, PolicyRecords};
 

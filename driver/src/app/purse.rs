@@ -330,16 +330,48 @@ pub struct LoadProof {
     pub tac: String,
 }
 
-/// Load (credit) `amount` (§7): INITIALIZE FOR LOAD, the card's MAC1 checked by the
-/// provider, CREDIT FOR LOAD with the provider's MAC2. PIN verified first. A transport
-/// failure after CREDIT left is [`AppError::Uncertain`].
-pub fn load(
+/// A load after INITIALIZE FOR LOAD, the card's MAC1 checked and MAC2 computed, before
+/// CREDIT FOR LOAD (§7): what an office journals `pending` before the credit goes to the
+/// card. [`PreparedLoad::credit`] consumes it, so it is credited at most once. Not
+/// `Clone`; `Debug` redacts MAC2.
+#[derive(Serialize)]
+pub struct PreparedLoad {
+    #[serde(serialize_with = "ser_id")]
+    pub card_id: CardId,
+    pub amount: u32,
+    pub balance_before: u32,
+    /// The card's online counter before this load; the CREDIT that commits it writes a
+    /// log record with this counter and moves the card's counter one up.
+    pub online_counter: u16,
+    #[serde(serialize_with = "ser_tid")]
+    pub terminal_id: TerminalId,
+    pub date: [u8; 4],
+    pub time: [u8; 3],
+    #[serde(skip)]
+    mac2: [u8; 4],
+}
+
+impl std::fmt::Debug for PreparedLoad {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PreparedLoad")
+            .field("card_id", &self.card_id.to_hex())
+            .field("amount", &self.amount)
+            .field("balance_before", &self.balance_before)
+            .field("online_counter", &self.online_counter)
+            .finish_non_exhaustive()
+    }
+}
+
+/// INITIALIZE FOR LOAD (§7 step 1) and the card's MAC1 checked by the provider, which
+/// computes MAC2. The PIN must have been verified in this selection. Nothing changes
+/// on the card until [`PreparedLoad::credit`].
+pub fn initialize_load(
     tx: &mut Transaction<'_>,
     keys: &mut dyn KeyProvider,
     card_id: &CardId,
     amount: u32,
     when: NaiveDateTime,
-) -> Result<LoadProof, AppError> {
+) -> Result<PreparedLoad, AppError> {
     if amount == 0 {
         return Err(AppError::BadInput("amount must be positive".into()));
     }
@@ -376,30 +408,63 @@ pub fn load(
         .load_mac2(&ctx, &d[12..16])
         .map_err(AppError::Key)?
         .ok_or(AppError::MacMismatch("card's load MAC1 does not verify"))?;
-    let mut data = date.to_vec();
-    data.extend_from_slice(&time);
-    data.extend_from_slice(&mac2);
-    let r = match tx.transmit(&apdu(0x80, 0x52, 0x00, 0x00, &data, 0x04)?) {
-        Ok(r) => r,
-        Err(e) if e.outcome_unknown() => {
-            return Err(AppError::Uncertain {
-                step: "CREDIT",
-                source: e,
-            })
+    Ok(PreparedLoad {
+        card_id: *card_id,
+        amount,
+        balance_before: ctx.balance,
+        online_counter: ctx.online_counter,
+        terminal_id: tid,
+        date,
+        time,
+        mac2,
+    })
+}
+
+impl PreparedLoad {
+    /// CREDIT FOR LOAD (§7 step 2) with the provider's MAC2; the card answers its TAC.
+    /// A transport failure after the command left is [`AppError::Uncertain`]: the card
+    /// decides, through its online counter and its log ([`transaction_log`]), once it
+    /// is back.
+    pub fn credit(self, tx: &mut Transaction<'_>) -> Result<LoadProof, AppError> {
+        let mut data = self.date.to_vec();
+        data.extend_from_slice(&self.time);
+        data.extend_from_slice(&self.mac2);
+        let r = match tx.transmit(&apdu(0x80, 0x52, 0x00, 0x00, &data, 0x04)?) {
+            Ok(r) => r,
+            Err(e) if e.outcome_unknown() => {
+                return Err(AppError::Uncertain {
+                    step: "CREDIT",
+                    source: e,
+                })
+            }
+            Err(e) => return Err(AppError::Transport(e)),
+        };
+        match r.sw {
+            StatusWord::Ok if r.data.len() == 4 => Ok(LoadProof {
+                online_counter: self.online_counter,
+                amount: self.amount,
+                balance_before: self.balance_before,
+                balance_after: self.balance_before.saturating_add(self.amount),
+                tac: hex::encode_upper(&r.data),
+            }),
+            StatusWord::Ok => Err(AppError::Card(StatusWord::WrongLength)),
+            StatusWord::MacInvalid => Err(AppError::MacMismatch("card refused load MAC2")),
+            sw => Err(AppError::Card(sw)),
         }
-        Err(e) => return Err(AppError::Transport(e)),
-    };
-    match r.sw {
-        StatusWord::Ok if r.data.len() == 4 => Ok(LoadProof {
-            online_counter: ctx.online_counter,
-            amount,
-            balance_before: ctx.balance,
-            balance_after: ctx.balance + amount,
-            tac: hex::encode_upper(&r.data),
-        }),
-        StatusWord::MacInvalid => Err(AppError::MacMismatch("card refused load MAC2")),
-        sw => Err(AppError::Card(sw)),
     }
+}
+
+/// Load (credit) `amount` (§7): [`initialize_load`] then [`PreparedLoad::credit`], for
+/// a caller with nothing to write between the two. PIN verified first. A transport
+/// failure after CREDIT left is [`AppError::Uncertain`].
+pub fn load(
+    tx: &mut Transaction<'_>,
+    keys: &mut dyn KeyProvider,
+    card_id: &CardId,
+    amount: u32,
+    when: NaiveDateTime,
+) -> Result<LoadProof, AppError> {
+    initialize_load(tx, keys, card_id, amount, when)?.credit(tx)
 }
 
 #[cfg(test)]
